@@ -1,0 +1,45 @@
+# adafocus-pl: every target sets up .venv itself, so any of them works as the first command on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# W&B never asks for an account: offline unless the user exports WANDB_MODE=online.
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+export HYDRA_FULL_ERROR ?= 1
+
+.PHONY: help install train test test-full lint data clean clean-logs
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	# torch/torchvision are pinned in setup.cfg (2.14.1 / 0.29.1: they install from the local wheel store)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project (editable, with dev extras)
+
+data: $(STAMP)  ## generate the synthetic benchmark (skipped when it exists)
+	$(BIN)/python -m adafocus_pl.data.synthetic
+
+train: $(STAMP)  ## run the whole pipeline on the synthetic default
+	$(BIN)/python -m adafocus_pl.pipeline
+
+test: $(STAMP)  ## run the test suite (slow tests excluded)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-full: $(STAMP)  ## run every test, slow ones included
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check src tests
+
+clean-logs:  ## remove training logs and outputs
+	rm -rf logs outputs multirun wandb
+
+clean: clean-logs  ## remove .venv, logs and generated data
+	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+from adafocus_pl.version import __version__

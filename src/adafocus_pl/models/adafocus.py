@@ -1,0 +1,299 @@
+"""AdaFocusNet: glance (f_G) -> policy (pi) -> batched crop -> local CNN (f_L) -> classifier (f_C).
+
+Paper Sec. 3.1 (Fig. 2) for the components, Sec. 3.4 for the offline path that runs f_G and f_L over all frames in
+one batch. Frames are float ``[B, T, 3, H, W]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adafocus_pl.models.classifier import FrameAverageClassifier, RecurrentClassifier
+from adafocus_pl.models.patches import (
+    centre_offsets,
+    check_patch_size,
+    crop_patches,
+    gaussian_offsets,
+    grid_offsets,
+    random_offsets,
+)
+from adafocus_pl.models.policy import PatchPolicy
+from adafocus_pl.models.registry import create_backbone
+
+PATCH_POLICIES = ("learned", "random", "centre", "gaussian", "given")
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class AdaFocusNet(nn.Module):
+    """The AdaFocus network, built from plain values (Hydra-instantiable, savable as hparams).
+
+    Sub-modules: ``glance`` (f_G), ``local`` (f_L), ``policy`` (pi), ``classifier`` (f_C).
+    ``frame_size`` is the (H, W) of the input frames; it fixes the candidate grid and the policy's input size.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        patch_size: int,
+        frame_size: int | Sequence[int] = 224,
+        glance_backbone: str = "mobilenet_v2",
+        local_backbone: str = "resnet50",
+        glance_kwargs: dict[str, Any] | None = None,
+        local_kwargs: dict[str, Any] | None = None,
+        glance_pretrained: str | None = None,
+        local_pretrained: str | None = None,
+        glance_size: int | Sequence[int] | None = None,
+        grid_size: int = 7,
+        policy_conv_channels: int = 32,
+        policy_hidden: int = 1024,
+        classifier: str = "gru",
+        classifier_hidden: int = 1024,
+        dropout: float = 0.8,
+        use_glance_features: bool = True,
+        gaussian_std: float = 0.25,
+    ):
+        super().__init__()
+        self.frame_hw = _pair(frame_size)
+        self.patch_size = int(patch_size)
+        check_patch_size(self.frame_hw, self.patch_size)
+        self.glance_hw = None if glance_size is None else _pair(glance_size)
+        self.grid_size = int(grid_size)
+        self.use_glance_features = bool(use_glance_features)
+        self.gaussian_std = float(gaussian_std)
+
+        self.glance = create_backbone(glance_backbone, pretrained=glance_pretrained, **dict(glance_kwargs or {}))
+        self.local = create_backbone(local_backbone, pretrained=local_pretrained, **dict(local_kwargs or {}))
+        self.register_buffer("grid", grid_offsets(self.grid_size, self.frame_hw, self.patch_size), persistent=False)
+
+        self.glance_map_hw = self._glance_map_hw()
+        self.policy = PatchPolicy(
+            self.glance.num_features,
+            self.glance_map_hw,
+            self.grid_size**2,
+            conv_channels=policy_conv_channels,
+            hidden=policy_hidden,
+        )
+        in_features = self.local.num_features + (self.glance.num_features if self.use_glance_features else 0)
+        if classifier == "gru":
+            self.classifier = RecurrentClassifier(in_features, num_classes, hidden=classifier_hidden, dropout=dropout)
+        elif classifier == "fc":
+            self.classifier = FrameAverageClassifier(in_features, num_classes, dropout=dropout)
+        else:
+            raise ValueError(f"classifier must be 'gru' or 'fc', got {classifier!r}")
+
+    # ----------------------------------------------------------------------------------------------- properties
+    @property
+    def num_actions(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.num_classes
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        """Channel counts: ``glance`` (F_G), ``local`` (F_L) and ``classifier`` (f_C's input)."""
+        return {
+            "glance": self.glance.num_features,
+            "local": self.local.num_features,
+            "classifier": self.classifier.in_features,
+        }
+
+    @torch.no_grad()
+    def _glance_map_hw(self) -> tuple[int, int]:
+        was_training = self.glance.training
+        self.glance.eval()
+        probe = torch.zeros(1, 3, *(self.glance_hw or self.frame_hw))
+        map_h, map_w = self.glance.forward_features(probe).shape[-2:]
+        self.glance.train(was_training)
+        return int(map_h), int(map_w)
+
+    def _check_frames(self, frames: Tensor) -> None:
+        if frames.dim() != 5 or frames.shape[2] != 3 or tuple(frames.shape[-2:]) != self.frame_hw:
+            raise ValueError(
+                f"expected frames [B, T, 3, {self.frame_hw[0]}, {self.frame_hw[1]}] (frame_size of the model), "
+                f"got {list(frames.shape)}"
+            )
+
+    # ------------------------------------------------------------------------------------------ building blocks
+    def glance_maps(self, frames: Tensor) -> Tensor:
+        """Eq. (1): e_G ``[B, T, C, h, w]``, f_G run over all B*T frames at once."""
+        batch, steps = frames.shape[:2]
+        flat = frames.flatten(0, 1)
+        if self.glance_hw is not None and tuple(flat.shape[-2:]) != self.glance_hw:
+            flat = F.interpolate(flat, size=self.glance_hw, mode="bilinear", align_corners=False, antialias=True)
+        return self.glance.forward_features(flat).unflatten(0, (batch, steps))
+
+    def policy_rollout(self, glance_maps: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. (3): pi's ``(logits [B, T, A], values [B, T])`` over a clip of e_G maps."""
+        return self.policy.rollout(glance_maps)
+
+    def actions_to_offsets(self, actions: Tensor) -> Tensor:
+        """Grid candidate indices ``[...]`` (row-major) -> top-left ``(y, x)`` offsets ``[..., 2]``."""
+        return self.grid[actions]
+
+    def crop(self, frames: Tensor, offsets: Tensor) -> Tensor:
+        """Patches ``[B, T, 3, P, P]`` at ``offsets [B, T, 2]``: one gather over B*T frames."""
+        batch, steps = frames.shape[:2]
+        patches = crop_patches(frames.flatten(0, 1), offsets.reshape(-1, 2), self.patch_size)
+        return patches.unflatten(0, (batch, steps))
+
+    def local_features(self, patches: Tensor) -> Tensor:
+        """Eq. (2) + pooling: e_L-bar ``[B, T, F_L]``, f_L run over all B*T patches at once."""
+        batch, steps = patches.shape[:2]
+        return self.local(patches.flatten(0, 1)).unflatten(0, (batch, steps))
+
+    def classifier_inputs(self, glance_features: Tensor, local_features: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``[e_G-bar, e_L-bar]`` (Eq. 4), or e_L-bar alone without glance reuse (Table 4).
+
+        ``keep`` ``[...]`` (0/1) multiplies e_L-bar, as AdaFocus+'s b_t does (Eq. 9).
+        """
+        if keep is not None:
+            local_features = local_features * keep.unsqueeze(-1).to(local_features.dtype)
+        if not self.use_glance_features:
+            return local_features
+        return torch.cat([glance_features, local_features], dim=-1)
+
+    def classify(self, glance_features: Tensor, local_features: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Eq. (4): per-step logits ``[B, T, K]`` from e_G-bar ``[B, T, F_G]`` and e_L-bar ``[B, T, F_L]``."""
+        return self.classifier(self.classifier_inputs(glance_features, local_features, keep))
+
+    def select_actions(self, policy_logits: Tensor, sample: bool = False, generator: torch.Generator | None = None):
+        """Argmax of pi (test time) or a draw from its categorical distribution (training), shape ``[...]``."""
+        if not sample:
+            return policy_logits.argmax(dim=-1)
+        probs = torch.softmax(policy_logits.detach().float(), dim=-1)
+        draws = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+        return draws.reshape(probs.shape[:-1])
+
+    def fixed_offsets(
+        self, patch_policy: str, batch: int, steps: int, device, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Offsets ``[B, T, 2]`` of the fixed policies "random" (Eq. 5), "centre" and "gaussian" (Table 5)."""
+        n = batch * steps
+        if patch_policy == "random":
+            offsets = random_offsets(n, self.frame_hw, self.patch_size, generator=generator, device=device)
+        elif patch_policy == "centre":
+            offsets = centre_offsets(n, self.frame_hw, self.patch_size, device=device)
+        elif patch_policy == "gaussian":
+            offsets = gaussian_offsets(
+                n, self.frame_hw, self.patch_size, std=self.gaussian_std, generator=generator, device=device
+            )
+        else:
+            raise ValueError(f"not a fixed patch policy: {patch_policy!r}")
+        return offsets.reshape(batch, steps, 2)
+
+    # ------------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        frames: Tensor,
+        patch_policy: str = "learned",
+        actions: Tensor | None = None,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        offsets: Tensor | None = None,
+    ) -> dict[str, Tensor | None]:
+        """Offline path (Sec. 3.4): f_G over all frames, pi steps on cheap features, one crop, f_L over all patches,
+        f_C steps.
+
+        ``patch_policy``: "learned" (argmax of pi, or a draw when ``sample``), "random", "centre", "gaussian", or
+        "given" (``actions [B, T]`` grid indices, or raw ``offsets [B, T, 2]``). Returns a dict with ``logits
+        [B, T, K]``, ``actions [B, T]`` (None unless on the grid), ``offsets [B, T, 2]``, ``policy_logits
+        [B, T, A]`` and ``values [B, T]`` (None for non-learned policies), ``glance_features [B, T, F_G]``,
+        ``local_features [B, T, F_L]``.
+        """
+        if patch_policy not in PATCH_POLICIES:
+            raise ValueError(f"patch_policy must be one of {PATCH_POLICIES}, got {patch_policy!r}")
+        self._check_frames(frames)
+        batch, steps = frames.shape[:2]
+        glance_maps = self.glance_maps(frames)
+        glance_features = glance_maps.mean(dim=(-2, -1))
+
+        policy_logits = values = None
+        if patch_policy == "learned":
+            policy_logits, values = self.policy_rollout(glance_maps)
+            actions = self.select_actions(policy_logits, sample=sample, generator=generator)
+            offsets = self.actions_to_offsets(actions)
+        elif patch_policy == "given":
+            if (actions is None) == (offsets is None):
+                raise ValueError('patch_policy="given" needs exactly one of actions [B, T] or offsets [B, T, 2]')
+            if actions is not None:
+                offsets = self.actions_to_offsets(actions.to(self.grid.device))
+        else:
+            actions = None
+            offsets = self.fixed_offsets(patch_policy, batch, steps, frames.device, generator)
+
+        local_features = self.local_features(self.crop(frames, offsets))
+        logits = self.classify(glance_features, local_features)
+        return {
+            "logits": logits,
+            "actions": actions,
+            "offsets": offsets,
+            "policy_logits": policy_logits,
+            "values": values,
+            "glance_features": glance_features,
+            "local_features": local_features,
+        }
+
+    def online(self, **kwargs) -> OnlineAdaFocus:
+        """An ``OnlineAdaFocus`` stepping this network frame by frame."""
+        return OnlineAdaFocus(self, **kwargs)
+
+
+class OnlineAdaFocus:
+    """Online recognition (Sec. 3.1): one frame at a time, keeping pi's and f_C's hidden states.
+
+    ``step(frame [B, 3, H, W]) -> logits [B, K]``, the prediction after this frame. In eval mode with the argmax
+    policy it reproduces the offline ``AdaFocusNet.forward`` logits at every step.
+    """
+
+    def __init__(
+        self,
+        net: AdaFocusNet,
+        patch_policy: str = "learned",
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        if patch_policy not in PATCH_POLICIES or patch_policy == "given":
+            raise ValueError(f"online patch_policy must be learned/random/centre/gaussian, got {patch_policy!r}")
+        self.net, self.patch_policy, self.sample, self.generator = net, patch_policy, sample, generator
+        self.reset()
+
+    def reset(self, batch_size: int | None = None) -> None:
+        """Start a new clip: zero pi's and f_C's hidden states (built at the first step when no batch size)."""
+        self.policy_state = self.classifier_state = None
+        self.last_actions = self.last_offsets = None
+        self.steps = 0
+        if batch_size is not None:
+            device = self.net.grid.device
+            self.policy_state = self.net.policy.init_state(batch_size, device)
+            self.classifier_state = self.net.classifier.init_state(batch_size, device)
+
+    def step(self, frame: Tensor) -> Tensor:
+        """Process one frame ``[B, 3, H, W]``; return f_C's logits ``[B, K]`` given frames 1..t."""
+        net = self.net
+        frames = frame.unsqueeze(1)  # [B, 1, 3, H, W]
+        net._check_frames(frames)
+        glance_maps = net.glance_maps(frames)
+        glance_features = glance_maps.mean(dim=(-2, -1))[:, 0]
+        if self.patch_policy == "learned":
+            policy_logits, _, self.policy_state = net.policy.step(glance_maps[:, 0], self.policy_state)
+            actions = net.select_actions(policy_logits, sample=self.sample, generator=self.generator)
+            offsets = net.actions_to_offsets(actions)
+            self.last_actions = actions
+        else:
+            offsets = net.fixed_offsets(self.patch_policy, frame.shape[0], 1, frame.device, self.generator)[:, 0]
+        self.last_offsets = offsets
+        local_features = net.local_features(net.crop(frames, offsets[:, None]))[:, 0]
+        inputs = net.classifier_inputs(glance_features, local_features)
+        logits, self.classifier_state = net.classifier.step(inputs, self.classifier_state)
+        self.steps += 1
+        return logits

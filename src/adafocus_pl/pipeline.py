@@ -1,0 +1,127 @@
+"""The whole AdaFocus chain for one experiment: ``python -m adafocus_pl.pipeline [hydra overrides...]``.
+
+1. data: generate the synthetic benchmark when it is missing (``VideoDataModule.prepare_data``);
+2. Stage I -> II -> III, each a ``python -m adafocus_pl.train`` run in its own deterministic directory;
+3. the baselines of the paper's Table 5 and a glance-only model, each given the same Stage III budget from the
+   Stage I weights (a fair comparison, see README);
+4. a results table on the test split (top-1, mAP, GFLOPs per video, patch hit rate and coverage), printed and
+   written as ``results.json`` / ``results.md`` in the pipeline's run directory.
+
+A stage whose directory already holds ``metrics.json`` from the same overrides is not run again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from adafocus_pl.utils.config import compose
+
+
+@dataclass
+class Run:
+    method: str                 # the row name in the results table
+    stage: str                  # the stage config
+    overrides: list[str] = field(default_factory=list)
+    patch_policy: str | None = None  # for FLOPs: None = no results row
+
+
+def chain(stage1_ckpt: str) -> list[Run]:
+    """Stage I, II, III and the baselines that share Stage III's budget."""
+    def baseline(name: str, policy: str) -> Run:
+        return Run(name, "stage3", [f"stage.name=stage3_{policy}", f"stage.module.patch_policy={policy}",
+                                    f"init_from={stage1_ckpt}"], patch_policy=policy)
+    return [
+        Run("stage I (warm-up)", "stage1"),
+        Run("stage II (policy)", "stage2"),
+        Run("AdaFocus (learned policy)", "stage3", patch_policy="learned"),
+        baseline("glance only", "none"),
+        baseline("random patches", "random"),
+        baseline("centre patches", "centre"),
+        baseline("Gaussian patches", "gaussian"),
+    ]
+
+
+def run_dir(overrides: list[str]) -> Path:
+    cfg = compose("train", overrides, return_hydra_config=True)
+    return Path(OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"])
+
+
+def already_done(directory: Path, overrides: list[str]) -> bool:
+    saved = directory / ".hydra" / "overrides.yaml"
+    return (directory / "metrics.json").is_file() and saved.is_file() and yaml.safe_load(saved.read_text()) == overrides
+
+
+def run_stage_process(overrides: list[str]) -> None:
+    cmd = [sys.executable, "-m", "adafocus_pl.train", *overrides]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def results_table(rows: list[dict]) -> str:
+    head = "| method | top-1 (%) | mAP (%) | GFLOPs / video | patch hit rate (%) | target coverage (%) |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        lines.append(f"| {r['method']} | {pct(r['top1'])} | {pct(r['mAP'])} | {r['gflops_per_video']:.4f} | "
+                     f"{pct(r['hit_rate'])} | {pct(r['coverage'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    user = list(sys.argv[1:] if argv is None else argv)
+    cfg = compose("train", user)
+    from adafocus_pl.evaluation.flops import gflops_per_video
+
+    started = time.perf_counter()
+    print(f"[pipeline] data: {cfg.data.root}", flush=True)
+    instantiate(cfg.data, _recursive_=False).prepare_data()
+    timings = {"data": time.perf_counter() - started}
+
+    stage1_dir = run_dir(user + ["stage=stage1"])
+    rows = []
+    for run in chain(str(stage1_dir / "checkpoints" / "last.ckpt")):
+        overrides = user + [f"stage={run.stage}"] + run.overrides
+        directory = run_dir(overrides)
+        t0 = time.perf_counter()
+        if already_done(directory, overrides):
+            print(f"[pipeline] {run.method}: done before, skipping ({directory})", flush=True)
+        else:
+            run_stage_process(overrides)
+        timings[run.method] = time.perf_counter() - t0
+        if run.patch_policy is None:
+            continue
+        metrics = json.loads((directory / "metrics.json").read_text())
+        rows.append({
+            "method": run.method, "patch_policy": run.patch_policy, "run_dir": str(directory),
+            "top1": metrics.get("test/top1"), "mAP": metrics.get("test/mAP"),
+            "hit_rate": metrics.get("test/hit_rate"), "coverage": metrics.get("test/coverage"),
+            "gflops_per_video": gflops_per_video(cfg.model, tuple(cfg.data.eval_crop for _ in range(2)),
+                                                 cfg.data.num_segments, use_local=run.patch_policy != "none"),
+        })
+
+    out_dir = stage1_dir.parents[1] / "pipeline" / stage1_dir.parent.name / stage1_dir.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = results_table(rows)
+    summary = {"experiment": cfg.experiment_name, "patch_size": cfg.model.patch_size, "seed": cfg.seed,
+               "split": "test", "frames_per_video": cfg.data.num_segments, "rows": rows,
+               "seconds": {k: round(v, 1) for k, v in timings.items()}}
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "results.md").write_text(
+        f"# {cfg.experiment_name}: P={cfg.model.patch_size}, seed {cfg.seed}, test split\n\n{table}\n")
+    print("\n" + table + "\n")
+    print("[pipeline] wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print(f"[pipeline] results: {out_dir / 'results.md'} and results.json")
+    return out_dir
+
+
+if __name__ == "__main__":
+    main()

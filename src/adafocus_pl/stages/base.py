@@ -1,0 +1,185 @@
+"""What every training stage shares: the network, freezing, ``init_from``, metrics and optimisers.
+
+Each stage (``warmup``, ``policy``, ``finetune``) is its own LightningModule over the same
+:class:`~adafocus_pl.models.adafocus.AdaFocusNet`; the stages never import each other.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
+from adafocus_pl.models.adafocus import AdaFocusNet
+
+NET_PARTS = ("glance", "policy", "local", "classifier")
+# the network settings that must agree between a checkpoint and the run that loads it
+SHAPE_KEYS = ("num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size", "classifier")
+
+
+def plain(value: Any) -> Any:
+    """Config objects as plain Python containers (checkpoints stay loadable with ``weights_only``)."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+class StageModule(pl.LightningModule):
+    """Base class; subclasses set ``stage_id``, ``accepts_init_from`` and implement the steps."""
+
+    stage_id: int = 0
+    accepts_init_from: tuple[int, ...] = ()
+
+    def __init__(self, net: dict, optimizer: dict, trainable: list[str], eval_seed: int = 0) -> None:
+        super().__init__()
+        net, optimizer = plain(net), plain(optimizer)
+        unknown = sorted(set(trainable) - set(NET_PARTS))
+        if unknown:
+            raise ValueError(f"stage.module.trainable has unknown parts {unknown}; choose from {list(NET_PARTS)}")
+        self.save_hyperparameters()
+        self.net = AdaFocusNet(**net)
+        self.trainable = list(trainable)
+        self.frozen = [part for part in NET_PARTS if part not in self.trainable]
+        # freeze here, before Lightning wraps the module in DDP (ecosystem pitfall #10)
+        for part in self.frozen:
+            getattr(self.net, part).requires_grad_(False)
+        self.eval_seed = eval_seed
+        self.best_top1 = 0.0
+        self._eval_outputs: list[dict[str, torch.Tensor]] = []
+
+    # ----------------------------------------------------------------- modes and freezing
+    def train(self, mode: bool = True):  # noqa: D102 - frozen parts stay in eval mode (BN statistics, dropout)
+        super().train(mode)
+        for part in self.frozen:
+            getattr(self.net, part).eval()
+        return self
+
+    # ----------------------------------------------------------------- init_from (weights only)
+    def load_init_weights(self, path: str | Path) -> None:
+        """Load the network weights of another stage's checkpoint, after checking that it fits this run."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"init_from checkpoint not found: {path}. Run the previous stage first (same experiment_name, "
+                f"model.patch_size and seed), or pass init_from=/path/to/stage.ckpt (init_from=null to start fresh)."
+            )
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        stage = ckpt.get("adafocus_stage")
+        if stage is None or "hyper_parameters" not in ckpt:
+            raise ValueError(f"{path} is not an adafocus-pl stage checkpoint (no 'adafocus_stage' entry).")
+        if stage not in self.accepts_init_from:
+            raise ValueError(
+                f"{path} is a stage {stage} checkpoint, but stage {self.stage_id} starts from stage "
+                f"{' or '.join(map(str, self.accepts_init_from))}. Point init_from at the right stage's checkpoint."
+            )
+        theirs, ours = ckpt["hyper_parameters"]["net"], self.hparams.net
+        for key in SHAPE_KEYS:
+            if theirs.get(key) != ours.get(key):
+                raise ValueError(
+                    f"{path} was trained with model.{key}={theirs.get(key)!r} but this run has "
+                    f"model.{key}={ours.get(key)!r}: set model.{key}={theirs.get(key)!r} or use a matching checkpoint."
+                )
+        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        own = self.net.state_dict()
+        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
+        missing = sorted(set(own) - set(state))
+        if bad or missing:
+            raise ValueError(f"{path} does not fit this network: shape mismatches {bad[:5]}, missing keys {missing[:5]}")
+        self.net.load_state_dict(state)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["adafocus_stage"] = self.stage_id
+        checkpoint["adafocus_best_top1"] = self.best_top1
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best_top1 = checkpoint.get("adafocus_best_top1", 0.0)
+
+    # ----------------------------------------------------------------- evaluation
+    def eval_forward(self, frames: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """Per-step logits ``[B, T, K]`` and patch ``offsets`` ``[B, T, 2]`` (or None) used for val/test."""
+        raise NotImplementedError
+
+    def _eval_step(self, batch: dict) -> None:
+        if not self._eval_outputs:  # a fixed generator per epoch: random baselines are reproducible
+            self._generator = torch.Generator().manual_seed(self.eval_seed)
+        out = self.eval_forward(batch["frames"], self._generator)
+        logits = out["logits"]
+        record = {
+            "scores": F.softmax(logits[:, -1].float(), dim=1),  # offline prediction = the last step (Sec. 3.4)
+            "labels": batch["label"],
+            "targets": batch["target"],
+            "loss": F.cross_entropy(logits[:, -1].float(), batch["label"], reduction="none"),
+        }
+        if out.get("offsets") is not None and "boxes" in batch:
+            hit, coverage = patch_box_overlap(out["offsets"], self.net.patch_size, batch["boxes"])
+            record["hit"], record["coverage"] = hit.mean(1), coverage.mean(1)
+        self._eval_outputs.append(record)
+
+    def _eval_epoch_end(self, split: str) -> dict[str, float]:
+        if not self._eval_outputs:
+            return {}
+        merged = {k: torch.cat([o[k] for o in self._eval_outputs]) for k in self._eval_outputs[0]}
+        self._eval_outputs.clear()
+        if self.trainer.world_size > 1:  # metrics over the whole split, not per rank (pitfall #15)
+            merged = {k: self.all_gather(v).flatten(0, 1) for k, v in merged.items()}
+        metrics = {
+            f"{split}/loss": merged["loss"].mean().item(),
+            f"{split}/top1": top1_accuracy(merged["scores"], merged["labels"]),
+            f"{split}/mAP": mean_average_precision(merged["scores"].cpu(), merged["targets"].cpu()),
+        }
+        if "hit" in merged:
+            metrics[f"{split}/hit_rate"] = merged["hit"].mean().item()
+            metrics[f"{split}/coverage"] = merged["coverage"].mean().item()
+        if split == "val" and not self.trainer.sanity_checking:
+            self.best_top1 = max(self.best_top1, metrics["val/top1"])
+            metrics["val/top1_best"] = self.best_top1
+        self.log_dict(metrics, sync_dist=False, prog_bar=split == "val")
+        return metrics
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        """One parameter group per trainable part, lr = ``lr * lr_scale[part]``; cosine per epoch by default."""
+        cfg = dict(self.hparams.optimizer)
+        scales = cfg.get("lr_scale") or {}
+        groups = [
+            {"params": [p for p in getattr(self.net, part).parameters() if p.requires_grad],
+             "lr": cfg["lr"] * scales.get(part, 1.0), "name": part}
+            for part in self.trainable
+        ]
+        name = cfg.get("name", "sgd").lower()
+        if name == "sgd":
+            opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
+                                  weight_decay=cfg.get("weight_decay", 1e-4))
+        elif name in ("adam", "adamw"):
+            cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+            opt = cls(groups, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.999))),
+                      weight_decay=cfg.get("weight_decay", 0.0))
+        else:
+            raise ValueError(f"stage.module.optimizer.name={name!r}: choose sgd, adam or adamw")
+        if cfg.get("scheduler", "cosine") in (None, "none", "constant"):
+            return opt
+        epochs = max(1, self.trainer.max_epochs or 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5 * (1 + math.cos(math.pi * e / epochs)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+
+def sequence_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. (5): cross-entropy of the prediction after every step, averaged over the T steps."""
+    b, t, k = logits.shape
+    return F.cross_entropy(logits.reshape(b * t, k).float(), labels.repeat_interleave(t))

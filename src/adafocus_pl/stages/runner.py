@@ -1,0 +1,67 @@
+"""Run one stage from a composed config: the body behind ``python -m adafocus_pl.train``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from adafocus_pl.utils.instantiate import instantiate_group
+from adafocus_pl.utils.wandb_run import finish_wandb
+
+log = logging.getLogger(__name__)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``auto`` → this run's ``checkpoints/last.ckpt`` when it exists; a path must exist."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "auto":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: give an existing checkpoint, `auto` or null.")
+    return str(ckpt_path)
+
+
+def run_stage(cfg: DictConfig) -> dict[str, float]:
+    """Seed, build data/module/loggers/trainer, apply ``init_from`` (before any DDP wrap), fit, test.
+
+    Returns the final metrics, also written to ``<run dir>/metrics.json``.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data, _recursive_=False)
+        module = instantiate(cfg.stage.module, _recursive_=False)
+
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        if ckpt_path:
+            log.info("resuming stage %s from %s", cfg.stage.id, ckpt_path)
+        elif cfg.get("init_from"):
+            log.info("stage %s starts from the weights of %s", cfg.stage.id, cfg.init_from)
+            module.load_init_weights(cfg.init_from)
+
+        callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+        loggers = instantiate_group(cfg.get("logger"), "logger")
+        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        for lg in loggers:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+        metrics: dict[str, float] = {}
+        if cfg.get("train", True):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        if cfg.get("test", True):
+            for result in trainer.test(module, datamodule=datamodule, verbose=False):
+                metrics.update({k: float(v) for k, v in result.items()})
+        if trainer.is_global_zero:
+            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        return metrics
+    finally:
+        finish_wandb()

@@ -1,0 +1,27 @@
+"""Stage I, warm-up (paper Sec. 3.2, Eq. 5): f_G, f_L and f_C learn from uniformly random patches."""
+
+from __future__ import annotations
+
+import torch
+
+from adafocus_pl.stages.base import StageModule, sequence_cross_entropy
+
+
+class WarmupStage(StageModule):
+    """Trains ``trainable`` (paper: glance, local, classifier; release: local, classifier with f_G frozen)."""
+
+    stage_id = 1
+    accepts_init_from = (0,)
+
+    def __init__(self, net: dict, optimizer: dict, trainable: list[str] = ("glance", "local", "classifier"),
+                 eval_seed: int = 0) -> None:
+        super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.net(batch["frames"], patch_policy="random")
+        loss = sequence_cross_entropy(out["logits"], batch["label"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def eval_forward(self, frames, generator):
+        return self.net(frames, patch_policy="random", generator=generator)
