@@ -250,3 +250,13 @@ def test_cli_help():
     assert result.returncode == 0
     assert "--num-train" in result.stdout and "--force" in result.stdout
     assert result.stderr == ""
+
+
+def test_generate_accepts_field_overrides(tmp_path):
+    summary = S.generate(
+        tmp_path / "ov", workers=1, progress=False, num_train=3, num_val=1, num_test=1, seed=2
+    )
+    assert summary["videos"] == {"train": 3, "val": 1, "test": 1}
+    assert S.read_meta(tmp_path / "ov")["spec"]["seed"] == 2
+    with pytest.raises(TypeError):
+        S.generate(tmp_path / "bad", workers=1, progress=False, no_such_field=1)

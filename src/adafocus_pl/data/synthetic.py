@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import multiprocessing
 import re
 import time
@@ -149,40 +150,46 @@ def render_glyph(spec: SyntheticSpec, code: np.ndarray, border_value: float, pha
 def render_background(spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
     """Static background, float32 ``[H, W]``: a sum of low-frequency plane waves plus white noise."""
     n = spec.frame_size
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
-    clutter = np.zeros((n, n), dtype=np.float32)
-    for _ in range(6):
+    coords = np.arange(n) / n
+    clutter = np.zeros((n, n))
+    for _ in range(6):  # cos(u + v) = cos u cos v - sin u sin v keeps each wave separable
         fx, fy = rng.uniform(-3.0, 3.0, size=2)
-        clutter += rng.uniform(0.5, 1.0) * np.cos(2 * np.pi * (fx * xx + fy * yy) + rng.uniform(0, 2 * np.pi))
+        amp, phase = rng.uniform(0.5, 1.0), rng.uniform(0, 2 * np.pi)
+        u, v = 2 * np.pi * fx * coords + phase, 2 * np.pi * fy * coords
+        clutter += amp * (np.outer(np.cos(v), np.cos(u)) - np.outer(np.sin(v), np.sin(u)))
     clutter = 2 * (clutter - clutter.min()) / max(float(np.ptp(clutter)), 1e-6) - 1
     noise = rng.normal(0.0, spec.noise_std, size=(n, n))
     return (spec.background_mean + spec.clutter_amp * clutter + noise).astype(np.float32)
 
 
-def _limit_speed(v: np.ndarray, spec: SyntheticSpec) -> np.ndarray:
-    """Rescale a velocity so that its norm lies in [speed_min, speed_max]."""
-    speed = float(np.hypot(*v))
-    return v * (np.clip(speed, spec.speed_min, spec.speed_max) / max(speed, 1e-6))
-
-
 def render_track(spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
-    """Integer top-left corners ``[F, 2]`` (x, y) of a glyph that moves smoothly and bounces off the walls."""
-    limit = spec.frame_size - spec.glyph_size
-    pos = rng.uniform(0, limit, size=2)
-    angle = rng.uniform(0, 2 * np.pi)
-    vel = rng.uniform(spec.speed_min, spec.speed_max) * np.array([np.cos(angle), np.sin(angle)])
-    track = [pos.copy()]
-    for _ in range(spec.num_frames - 1):
-        vel = _limit_speed(vel + rng.normal(0.0, spec.jitter, size=2), spec)
-        pos = pos + vel
+    """Integer top-left corners ``[F, 2]`` (x, y) of a glyph that moves smoothly and bounces off the walls.
+
+    Each frame the velocity gets Gaussian jitter and is rescaled to a speed in [speed_min, speed_max].
+    """
+    limit = float(spec.frame_size - spec.glyph_size)
+    pos = [float(p) for p in rng.uniform(0, limit, size=2)]
+    angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(spec.speed_min, spec.speed_max)
+    vel = [speed * math.cos(angle), speed * math.sin(angle)]
+    jitter = rng.normal(0.0, spec.jitter, size=(spec.num_frames - 1, 2)).tolist()
+    track = [list(pos)]
+    for dvx, dvy in jitter:
+        vx, vy = vel[0] + dvx, vel[1] + dvy
+        norm = max(math.hypot(vx, vy), 1e-6)
+        scale = min(max(norm, spec.speed_min), spec.speed_max) / norm
+        vel = [vx * scale, vy * scale]
         for axis in range(2):  # reflect off the walls (a reflection never lengthens the step)
-            if pos[axis] < 0:
-                pos[axis], vel[axis] = -pos[axis], -vel[axis]
-            elif pos[axis] > limit:
-                pos[axis], vel[axis] = 2 * limit - pos[axis], -vel[axis]
-        pos = np.clip(pos, 0, limit)
-        track.append(pos.copy())
+            p = pos[axis] + vel[axis]
+            if p < 0 or p > limit:
+                p, vel[axis] = (-p if p < 0 else 2 * limit - p), -vel[axis]
+            pos[axis] = min(max(p, 0.0), limit)
+        track.append(list(pos))
     return np.rint(np.array(track)).astype(np.int64)
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    """Round and clip to uint8."""
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 def render_video(
@@ -192,28 +199,25 @@ def render_video(
     codes = class_codes(spec)
     if label is None:
         label = int(rng.integers(spec.num_classes))
-    background = render_background(spec, rng)
+    background = _to_uint8(render_background(spec, rng))
     sprites = []  # (glyph, track); drawn in order, so the target (last) is never occluded
     for _ in range(spec.num_distractors):
         code = rng.integers(0, 2, size=spec.grid**2)
         glyph = render_glyph(spec, code, spec.distractor_border, int(rng.integers(2)))
-        sprites.append((glyph, render_track(spec, rng)))
+        sprites.append((_to_uint8(glyph), render_track(spec, rng)))
     target = render_glyph(spec, codes[label], spec.target_border, int(rng.integers(2)))
-    sprites.append((target, render_track(spec, rng)))
+    sprites.append((_to_uint8(target), render_track(spec, rng)))
 
     g = spec.glyph_size
-    frames = np.empty((spec.num_frames, spec.frame_size, spec.frame_size), dtype=np.float32)
-    for t in range(spec.num_frames):
-        frame = background.copy()
+    frames = np.repeat(background[None], spec.num_frames, axis=0)
+    for t, frame in enumerate(frames):
         for glyph, track in sprites:
             x, y = track[t]
             frame[y : y + g, x : x + g] = glyph
-        if spec.frame_noise_std > 0:
-            frame += rng.normal(0.0, spec.frame_noise_std, size=frame.shape)
-        frames[t] = frame
-    grey = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+    if spec.frame_noise_std > 0:
+        frames = _to_uint8(frames + rng.normal(0.0, spec.frame_noise_std, size=frames.shape))
     boxes = np.concatenate([sprites[-1][1], sprites[-1][1] + g], axis=1)
-    return np.repeat(grey[..., None], 3, axis=-1), boxes, label
+    return np.repeat(frames[..., None], 3, axis=-1), boxes, label
 
 
 # ------------------------------------------------------------------------------------------------- I/O
@@ -329,12 +333,14 @@ def generate(
     workers: int = 2,
     force: bool = False,
     progress: bool = True,
+    **overrides,
 ) -> dict:
     """Generate the benchmark into ``out_dir`` (skipped when up to date unless ``force``); return a summary.
 
+    ``overrides`` replace fields of ``spec`` (default `SyntheticSpec()`), e.g. ``generate(root, num_train=24)``.
     Only our own files are written (and our own stale videos removed); anything else in ``out_dir`` is kept.
     """
-    spec = spec or SyntheticSpec()
+    spec = dataclasses.replace(spec or SyntheticSpec(), **overrides)
     out_dir = Path(out_dir)
     start = time.perf_counter()
     if not force and _is_current(out_dir, spec):

@@ -34,7 +34,8 @@ class StageModule(pl.LightningModule):
     stage_id: int = 0
     accepts_init_from: tuple[int, ...] = ()
 
-    def __init__(self, net: dict, optimizer: dict, trainable: list[str], eval_seed: int = 0) -> None:
+    def __init__(self, net: dict, optimizer: dict, trainable: list[str], eval_seed: int = 0,
+                 channels_last: bool = True) -> None:
         super().__init__()
         net, optimizer = plain(net), plain(optimizer)
         unknown = sorted(set(trainable) - set(NET_PARTS))
@@ -42,11 +43,14 @@ class StageModule(pl.LightningModule):
             raise ValueError(f"stage.module.trainable has unknown parts {unknown}; choose from {list(NET_PARTS)}")
         self.save_hyperparameters()
         self.net = AdaFocusNet(**net)
+        if channels_last:  # NHWC convolutions: ~1.5-2x faster on CPUs and tensor cores
+            self.net.to(memory_format=torch.channels_last)
         self.trainable = list(trainable)
         self.frozen = [part for part in NET_PARTS if part not in self.trainable]
         # freeze here, before Lightning wraps the module in DDP (ecosystem pitfall #10)
         for part in self.frozen:
             getattr(self.net, part).requires_grad_(False)
+        self._frozen_to_eval()
         self.eval_seed = eval_seed
         self.best_top1 = 0.0
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
@@ -54,9 +58,17 @@ class StageModule(pl.LightningModule):
     # ----------------------------------------------------------------- modes and freezing
     def train(self, mode: bool = True):  # noqa: D102 - frozen parts stay in eval mode (BN statistics, dropout)
         super().train(mode)
+        self._frozen_to_eval()
+        return self
+
+    def _frozen_to_eval(self) -> None:
         for part in self.frozen:
             getattr(self.net, part).eval()
-        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores the module modes it captured around validation rather than calling train(), so
+        # enforce eval mode on the frozen parts here too (their BN statistics must not move).
+        self._frozen_to_eval()
 
     # ----------------------------------------------------------------- init_from (weights only)
     def load_init_weights(self, path: str | Path) -> None:

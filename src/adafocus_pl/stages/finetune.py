@@ -18,12 +18,13 @@ class FinetuneStage(StageModule):
     stage_id = 3
 
     def __init__(self, net: dict, optimizer: dict, trainable: list[str] = ("local", "classifier"),
-                 patch_policy: str = "learned", eval_seed: int = 0) -> None:
+                 patch_policy: str = "learned", eval_seed: int = 0, channels_last: bool = True) -> None:
         if patch_policy not in PATCH_POLICIES:
             raise ValueError(f"stage.module.patch_policy={patch_policy!r}: choose one of {PATCH_POLICIES}")
         if patch_policy == "none" and "local" in trainable:
             trainable = [p for p in trainable if p != "local"]  # glance-only: f_L is never run
-        super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed)
+        super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
+                         channels_last=channels_last)
         self.patch_policy = patch_policy
 
     @property

@@ -23,8 +23,12 @@ class PolicyStage(StageModule):
 
     def __init__(self, net: dict, optimizer: dict, reward: str = "eq7", gamma: float = 0.7, clip: float = 0.2,
                  value_weight: float = 0.5, entropy_weight: float = 0.01, ppo_epochs: int = 1,
-                 normalise_returns: bool = True, eval_seed: int = 0) -> None:
-        super().__init__(net=net, optimizer=optimizer, trainable=["policy"], eval_seed=eval_seed)
+                 normalise_returns: bool = True, eval_seed: int = 0, channels_last: bool = True,
+                 trainable: list[str] = ("policy",)) -> None:
+        if list(trainable) != ["policy"]:
+            raise ValueError(f"stage II trains the policy only (paper Sec. 3.2); got trainable={list(trainable)}")
+        super().__init__(net=net, optimizer=optimizer, trainable=["policy"], eval_seed=eval_seed,
+                         channels_last=channels_last)
         self.automatic_optimization = False  # PPO: several passes over one rollout, our own loss
         self.reward_kind = reward
         self.ppo = PPOConfig(gamma=gamma, clip=clip, value_weight=value_weight, entropy_weight=entropy_weight,

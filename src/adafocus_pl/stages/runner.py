@@ -37,8 +37,9 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         pl.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data, _recursive_=False)
-        module = instantiate(cfg.stage.module, _recursive_=False)
+        # plain containers, not OmegaConf objects: checkpoints stay loadable with torch.load(weights_only=True)
+        datamodule = instantiate(cfg.data, _recursive_=False, _convert_="all")
+        module = instantiate(cfg.stage.module, _recursive_=False, _convert_="all")
 
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
         if ckpt_path:

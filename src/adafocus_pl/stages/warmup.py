@@ -14,8 +14,9 @@ class WarmupStage(StageModule):
     accepts_init_from = (0,)
 
     def __init__(self, net: dict, optimizer: dict, trainable: list[str] = ("glance", "local", "classifier"),
-                 eval_seed: int = 0) -> None:
-        super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed)
+                 eval_seed: int = 0, channels_last: bool = True) -> None:
+        super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
+                         channels_last=channels_last)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.net(batch["frames"], patch_policy="random")

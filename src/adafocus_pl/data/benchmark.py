@@ -1,0 +1,115 @@
+"""Data-loading benchmark: clips/s of ``VideoFileDataset`` and ``FrameFolderDataset`` through a DataLoader.
+
+    python -m adafocus_pl.data.benchmark --videos-root ROOT --video-list L --frames-root FROOT --frames-list FL
+        [--num-segments 8] [--workers 0 1 2] [--limit N] [--json OUT.json]
+
+Reference rows: raw PyAV on the same files (open + decode every frame, then also ``to_ndarray("rgb24")``; one
+process, one decoder thread, no dataset logic). Each number is the best of ``--repeats`` full passes, worker
+start-up included. frames/s counts decoded frames for the raw rows and the T returned frames for the datasets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from adafocus_pl.data.datasets import FrameFolderDataset, VideoFileDataset
+from adafocus_pl.data.transforms import ClipEvalTransform
+
+
+def time_loader(dataset, workers: int, batch_size: int, repeats: int) -> float:
+    """Best wall time of a full DataLoader pass over ``dataset``."""
+    best = float("inf")
+    for _ in range(repeats):
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+        start = time.perf_counter()
+        for _batch in loader:
+            pass
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_raw_pyav(paths: list[Path], repeats: int, rgb: bool) -> tuple[float, int]:
+    """Best wall time to open and decode every frame of ``paths`` (``rgb``: plus ``to_ndarray("rgb24")``)."""
+    import av
+
+    best, frames = float("inf"), 0
+    for _ in range(repeats):
+        start, frames = time.perf_counter(), 0
+        for path in paths:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.codec_context.thread_count = 1
+                for frame in container.decode(stream):
+                    if rgb:
+                        frame.to_ndarray(format="rgb24")
+                    frames += 1
+        best = min(best, time.perf_counter() - start)
+    return best, frames
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m adafocus_pl.data.benchmark", description=__doc__.split("\n")[0])
+    parser.add_argument("--videos-root", type=Path, required=True)
+    parser.add_argument("--video-list", required=True, help="list of the encoded videos (relative to the root)")
+    parser.add_argument("--video-list-format", default="video", choices=("video", "comma", "space"))
+    parser.add_argument("--frames-root", type=Path, required=True)
+    parser.add_argument("--frames-list", required=True, help="list of the frame folders (relative to the root)")
+    parser.add_argument("--frames-list-format", default="comma", choices=("comma", "space", "video"))
+    parser.add_argument("--frame-template", default="image_{:05d}.jpg")
+    parser.add_argument("--num-segments", type=int, default=8)
+    parser.add_argument("--mode", default="val", choices=("train", "val"), help="sampling mode")
+    parser.add_argument("--size", type=int, default=None, help="eval resize + crop to this size (default: none)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="use the first N videos of each list")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(1)  # one core per loader process, as in a worker
+    transform = ClipEvalTransform(args.size, args.size) if args.size else None
+    common = dict(num_segments=args.num_segments, mode=args.mode, transform=transform)
+    video_ds = VideoFileDataset(args.videos_root, args.video_list, list_format=args.video_list_format,
+                                decoder_threads=1, **common)
+    frames_ds = FrameFolderDataset(args.frames_root, args.frames_list, list_format=args.frames_list_format,
+                                   frame_template=args.frame_template, **common)
+    limit = args.limit or max(len(video_ds), len(frames_ds))
+    datasets = {
+        "VideoFileDataset": Subset(video_ds, range(min(limit, len(video_ds)))),
+        "FrameFolderDataset": Subset(frames_ds, range(min(limit, len(frames_ds)))),
+    }
+    rows = []
+    paths = [video_ds.video_path(r) for r in video_ds.records[:limit]]
+    for rgb, name in ((False, "raw PyAV decode"), (True, "raw PyAV decode + to_ndarray")):
+        seconds, num_frames = time_raw_pyav(paths, args.repeats, rgb)
+        rows.append({"loader": name, "workers": 0, "clips": len(paths), "seconds": seconds,
+                     "clips_per_s": len(paths) / seconds, "frames_per_s": num_frames / seconds})
+    for name, dataset in datasets.items():
+        for workers in args.workers:
+            seconds = time_loader(dataset, workers, args.batch_size, args.repeats)
+            rows.append({"loader": name, "workers": workers, "clips": len(dataset), "seconds": seconds,
+                         "clips_per_s": len(dataset) / seconds,
+                         "frames_per_s": len(dataset) * args.num_segments / seconds})
+
+    print(f"T={args.num_segments}, mode={args.mode}, batch={args.batch_size}, best of {args.repeats} passes")
+    print(f"{'loader':<30} {'workers':>7} {'clips':>6} {'seconds':>8} {'clips/s':>9} {'frames/s':>9}")
+    for row in rows:
+        print(f"{row['loader']:<30} {row['workers']:>7} {row['clips']:>6} {row['seconds']:>8.2f} "
+              f"{row['clips_per_s']:>9.1f} {row['frames_per_s']:>9.0f}")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""``VideoDataModule``: list-file datasets of frame folders or encoded videos, built from plain (Hydra) values.
+
+No manual ``DistributedSampler``: Lightning adds one (and calls ``set_epoch``) under DDP. ``batch_size`` is per
+device. Workers ship uint8 frames; ``on_after_batch_transfer`` normalises them on the device (mmaction2-style).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from adafocus_pl.data.datasets import ClipDataset, FrameFolderDataset, VideoFileDataset, resolve_under
+from adafocus_pl.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClipEvalTransform,
+    ClipTrainTransform,
+    normalize_on_device,
+)
+
+log = logging.getLogger(__name__)
+
+KINDS = ("frames", "video")
+SPLIT_MODES = {"train": "train", "val": "val", "test": "test"}
+
+
+class VideoDataModule(pl.LightningDataModule):
+    """Train/val/test loaders over the official list files (facts page, "Data").
+
+    ``kind="frames"``: ``FrameFolderDataset`` (pre-extracted JPEGs, the release's default);
+    ``kind="video"``: ``VideoFileDataset`` (PyAV). Lists and boxes files are relative to ``root`` or absolute.
+    ``decoder_threads=None`` → 1 decoder thread per worker when ``num_workers > 0`` (pitfall #14), else up to 4.
+    ``synthetic`` (a dict of ``SyntheticSpec`` overrides, possibly empty): ``prepare_data`` calls
+    ``adafocus_pl.data.synthetic.generate(root, **synthetic)``, which renders the benchmark unless it is current.
+    """
+
+    def __init__(
+        self,
+        kind: str = "frames",
+        root: str | os.PathLike = "data",
+        train_list: str | None = None,
+        val_list: str | None = None,
+        test_list: str | None = None,
+        list_format: str = "comma",
+        frame_template: str = "image_{:05d}.jpg",
+        num_classes: int = 200,
+        num_segments: int = 16,
+        train_size: int = 224,
+        scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
+        flip: bool = True,
+        eval_resize: int = 256,
+        eval_crop: int = 224,
+        resize_mode: str = "square",
+        boxes: Mapping[str, str | None] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        persistent_workers: bool = False,
+        name: str | None = None,
+        classes_file: str | None = None,
+        synthetic: Mapping | None = None,
+        first_index: int = 1,
+        min_frames: int = 3,
+        decoder_threads: int | None = None,
+        multiprocessing_context: str | None = None,
+    ):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown data kind {kind!r}; use one of {KINDS}")
+        self.kind = kind
+        self.root = Path(root)
+        self.lists = {"train": train_list, "val": val_list, "test": test_list}
+        self.list_format = list_format
+        self.frame_template = frame_template
+        self.num_classes = int(num_classes)
+        self.num_segments = int(num_segments)
+        self.train_transform = ClipTrainTransform(train_size, tuple(scales), flip)
+        self.eval_transform = ClipEvalTransform(eval_resize, eval_crop, resize_mode)
+        self.boxes = dict(boxes or {})
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.name = name
+        self.classes_file = classes_file
+        self.synthetic = dict(synthetic) if synthetic is not None else None
+        self.first_index = int(first_index)
+        self.min_frames = int(min_frames)
+        if decoder_threads is None:
+            decoder_threads = 1 if self.num_workers > 0 else min(4, os.cpu_count() or 1)
+        self.decoder_threads = int(decoder_threads)
+        self.multiprocessing_context = multiprocessing_context if self.num_workers > 0 else None
+        self.datasets: dict[str, ClipDataset] = {}
+        self.class_names: list[str] | None = None
+
+    # -- data preparation ------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Synthetic config: (re)generate the benchmark into ``root`` unless it is up to date (once per node)."""
+        if self.synthetic is None:
+            return
+        from adafocus_pl.data import synthetic  # lazy: only the synthetic config needs it
+
+        synthetic.generate(self.root, **self.synthetic)  # skips when meta.json matches the spec
+
+    def _load_class_names(self) -> None:
+        if not self.classes_file:
+            return
+        path = resolve_under(self.root, self.classes_file)
+        if not path.is_file():
+            log.warning("classes file %s not found: class names unavailable", path)
+            return
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(names) != self.num_classes:
+            log.warning("%s lists %d classes but num_classes=%d", path, len(names), self.num_classes)
+        self.class_names = names
+
+    def build_dataset(self, split: str) -> ClipDataset:
+        """The dataset of ``split`` (train → random sampling + train transform; val/test → centre + eval)."""
+        list_file = self.lists.get(split)
+        if not list_file:
+            raise ValueError(f"no {split}_list configured for data {self.name or self.root}")
+        mode = SPLIT_MODES[split]
+        transform = self.train_transform if mode == "train" else self.eval_transform
+        common = dict(
+            root=self.root,
+            list_file=list_file,
+            num_segments=self.num_segments,
+            mode=mode,
+            transform=transform,
+            num_classes=self.num_classes,
+            boxes_file=self.boxes.get(split),
+            list_format=self.list_format,
+            min_frames=self.min_frames,
+        )
+        if self.kind == "frames":
+            return FrameFolderDataset(frame_template=self.frame_template, first_index=self.first_index, **common)
+        return VideoFileDataset(decoder_threads=self.decoder_threads, **common)
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+            None: ("train", "val", "test"),
+        }[stage]
+        if self.class_names is None:
+            self._load_class_names()
+        for split in splits:
+            if split not in self.datasets and self.lists.get(split):
+                self.datasets[split] = self.build_dataset(split)
+                log.info("%s: %s", split, self.datasets[split])
+
+    # -- loaders ---------------------------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers,
+            multiprocessing_context=self.multiprocessing_context,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    # -- device-side normalisation ---------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 ``frames`` → float32 normalised with ``mean``/``std`` (ImageNet by default), on the device."""
+        if isinstance(batch, dict) and "frames" in batch and batch["frames"].dtype == torch.uint8:
+            batch["frames"] = normalize_on_device(batch["frames"], self.mean, self.std)
+        return batch

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny synthetic dataset made once per session, and composed configs that train on it fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory) -> Path:
+    """A 24/8/8-video synthetic benchmark (same generator as the default, fewer videos)."""
+    from adafocus_pl.data.synthetic import SyntheticSpec, generate
+
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(out, SyntheticSpec(num_train=24, num_val=8, num_test=8), workers=1)
+    return out
+
+
+def tiny_overrides(data_root: Path, log_dir: Path) -> list[str]:
+    """Overrides that make every stage a seconds-long run on the tiny data, with CSV logging only."""
+    return [
+        f"data.root={data_root}", "data.synthetic=null", "data.batch_size=4", "data.num_workers=0",
+        f"paths.log_dir={log_dir}", "paths.output_dir=${paths.run_dir}",
+        "trainer=cpu", "logger=csv", "callbacks.progress_bar=null", "debug=limit",
+        "model.policy_hidden=32", "model.classifier_hidden=32",
+    ]
+
+
+@pytest.fixture
+def compose_tiny(tiny_synthetic, tmp_path):
+    """``compose_tiny(*overrides)`` → a train config on the tiny data, logging under this test's tmp dir."""
+    from adafocus_pl.utils.config import compose
+
+    def _compose(*overrides: str):
+        return compose("train", tiny_overrides(tiny_synthetic, tmp_path / "logs") + list(overrides))
+
+    return _compose
