@@ -174,6 +174,21 @@ def test_video_boxes_follow_the_sampled_frames(videos_root):
     assert torch.allclose(sample["boxes"][:, 0], torch.tensor(indices, dtype=torch.float32) * x_scale)
 
 
+def test_missing_boxes_key_is_reported(videos_root, tmp_path):
+    (tmp_path / "partial.json").write_text(json.dumps({"train/a clip": [[0, 0, 1, 1]] * 20}))
+    with pytest.raises(KeyError, match="train/b"):
+        VideoFileDataset(videos_root, "list.txt", num_segments=4, mode="val", boxes_file=tmp_path / "partial.json")
+
+
+def test_frame_counts_found_by_a_worker_reach_the_main_process(videos_root):
+    ds = VideoFileDataset(videos_root, "list.txt", num_segments=4, mode="val", num_classes=4,
+                          transform=ClipEvalTransform(resize=16, crop=16))
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1)  # a fork would copy a plain tensor
+    batch = next(iter(loader))
+    assert batch["frames"].shape == (3, 4, 3, 16, 16)
+    assert ds._counts.tolist() == [20, 12, 600]  # written by the worker into the shared cache
+
+
 def test_unreadable_video_names_the_file(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(os.urandom(2000))
     (tmp_path / "l.txt").write_text("bad.mp4 0\nmissing.mp4 0\n")
@@ -235,9 +250,12 @@ def test_datamodule_video_kind_with_a_worker_and_lightning_hook(videos_root):
     assert seen["boxes"].shape == (3, 4, 4)
 
 
-def test_datamodule_rejects_unknown_kind():
+def test_datamodule_rejects_unknown_kind_and_skips_unconfigured_splits(frames_root):
     with pytest.raises(ValueError, match="kind"):
         VideoDataModule(kind="audio")
+    dm = VideoDataModule(root=frames_root, train_list="list.txt", num_classes=4, num_workers=0)
+    assert dm.val_dataloader() == [] and dm.test_dataloader() == []
+    assert len(dm.train_dataloader().dataset) == 2
 
 
 # -- frame extraction and benchmark ---------------------------------------------------------------------------

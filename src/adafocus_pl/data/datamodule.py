@@ -71,6 +71,7 @@ class VideoDataModule(pl.LightningDataModule):
         min_frames: int = 3,
         decoder_threads: int | None = None,
         multiprocessing_context: str | None = None,
+        cache_dir: str | None = None,
     ):
         super().__init__()
         if kind not in KINDS:
@@ -100,6 +101,8 @@ class VideoDataModule(pl.LightningDataModule):
             decoder_threads = 1 if self.num_workers > 0 else min(4, os.cpu_count() or 1)
         self.decoder_threads = int(decoder_threads)
         self.multiprocessing_context = multiprocessing_context if self.num_workers > 0 else None
+        # video kind only: decoded videos cached as .npy files (relative to root or absolute; None = off)
+        self.cache_dir = None if cache_dir is None else resolve_under(self.root, cache_dir)
         self.datasets: dict[str, ClipDataset] = {}
         self.class_names: list[str] | None = None
 
@@ -144,7 +147,7 @@ class VideoDataModule(pl.LightningDataModule):
         )
         if self.kind == "frames":
             return FrameFolderDataset(frame_template=self.frame_template, first_index=self.first_index, **common)
-        return VideoFileDataset(decoder_threads=self.decoder_threads, **common)
+        return VideoFileDataset(decoder_threads=self.decoder_threads, cache_dir=self.cache_dir, **common)
 
     def setup(self, stage: str | None = None) -> None:
         splits = {
@@ -162,7 +165,9 @@ class VideoDataModule(pl.LightningDataModule):
                 log.info("%s: %s", split, self.datasets[split])
 
     # -- loaders ---------------------------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool) -> DataLoader | list:
+        if split != "train" and not self.lists.get(split):
+            return []  # no list configured: Lightning skips this loop
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         return DataLoader(

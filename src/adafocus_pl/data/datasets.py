@@ -96,14 +96,27 @@ class ClipDataset(Dataset):
         self.sampler = SegmentSampler(num_segments, mode)
         self.transform = transform
         self.boxes_file = resolve_under(self.root, boxes_file) if boxes_file else None
-        self.boxes = load_boxes_file(self.boxes_file) if self.boxes_file else None
-        if self.boxes is not None:
-            missing = [r.key for r in self.records if r.key not in self.boxes]
-            if missing:
-                raise KeyError(
-                    f"boxes file {self.boxes_file} has no boxes for {len(missing)} videos of {self.list_file} "
-                    f"(first: {missing[0]!r}); keys are list paths without their extension"
-                )
+        self.boxes, self._box_rows = (self._pack_boxes(self.boxes_file) if self.boxes_file else (None, {}))
+
+    def _pack_boxes(self, path: Path) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+        """All videos' boxes in one ``[sum F, 4]`` tensor + {key: (first row, F)}.
+
+        One tensor instead of one per video: pickling the dataset to spawned workers shares one buffer, not
+        thousands of shared-memory handles.
+        """
+        per_video = load_boxes_file(path)
+        missing = [r.key for r in self.records if r.key not in per_video]
+        if missing:
+            raise KeyError(
+                f"boxes file {path} has no boxes for {len(missing)} videos of {self.list_file} "
+                f"(first: {missing[0]!r}); keys are list paths without their extension"
+            )
+        rows, chunks, start = {}, [], 0
+        for key in dict.fromkeys(r.key for r in self.records):
+            chunks.append(per_video[key])
+            rows[key] = (start, len(per_video[key]))
+            start += len(per_video[key])
+        return torch.cat(chunks), rows
 
     def __len__(self) -> int:
         return len(self.records)
@@ -118,13 +131,13 @@ class ClipDataset(Dataset):
 
     # -- sample assembly -------------------------------------------------------------------------------------
     def _boxes_for(self, record: VideoRecord, indices: list[int]) -> torch.Tensor:
-        boxes = self.boxes[record.key]
-        if max(indices) >= len(boxes):
+        start, count = self._box_rows[record.key]
+        if max(indices) >= count:
             raise IndexError(
-                f"boxes file {self.boxes_file} has {len(boxes)} boxes for {record.key!r} but frame {max(indices)} "
+                f"boxes file {self.boxes_file} has {count} boxes for {record.key!r} but frame {max(indices)} "
                 f"was sampled; regenerate the boxes file with one box per frame"
             )
-        return boxes[indices]
+        return self.boxes[[start + i for i in indices]]
 
     def sample(self, index: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The sample of video ``index``; ``generator`` drives frame sampling and augmentation."""
@@ -260,9 +273,11 @@ class VideoFileDataset(ClipDataset):
         list_format: str = "video",
         min_frames: int = 3,
         seek_min_gap: int = 64,
+        cache_dir: str | os.PathLike | None = None,
     ):
         super().__init__(root, list_file, list_format, num_segments, mode, transform, num_classes, boxes_file,
                          min_frames)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.decoder_threads = max(1, int(decoder_threads))
         self.seek_min_gap = int(seek_min_gap)
         self._counts = torch.full((len(self.records),), -1, dtype=torch.int64)
@@ -314,6 +329,29 @@ class VideoFileDataset(ClipDataset):
             return self._frame_count(record, container, stream)
 
     def read_clip(self, record: VideoRecord, generator: torch.Generator | None) -> tuple[torch.Tensor, list[int]]:
+        if self.cache_dir is not None:
+            return self._read_clip_cached(record, generator)
+        return self._read_clip_decoded(record, generator)
+
+    def _read_clip_cached(self, record: VideoRecord, generator: torch.Generator | None):
+        """Decode the whole video once into ``cache_dir/<key>.npy`` (uint8 ``[F, H, W, 3]``); later epochs, stages
+        and workers sample from that file. Worth it for small videos read many times (the synthetic benchmark:
+        ~13 ms to decode vs ~0.2 ms to load); the file is written atomically, so concurrent workers are safe."""
+        cached = self.cache_dir / (Path(record.path).with_suffix("").as_posix() + ".npy")
+        if cached.is_file():
+            video = np.load(cached)
+        else:
+            frames, _ = self._read_clip_decoded(record, None, all_frames=True)
+            video = frames.permute(0, 2, 3, 1).contiguous().numpy()
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as handle:
+                np.save(handle, video)
+            os.replace(tmp, cached)
+        indices = self.sampler(len(video), generator)
+        return torch.from_numpy(np.ascontiguousarray(video[indices])).permute(0, 3, 1, 2), indices
+
+    def _read_clip_decoded(self, record: VideoRecord, generator: torch.Generator | None, all_frames: bool = False):
         import av
 
         container, stream = self._open(record)
@@ -323,7 +361,7 @@ class VideoFileDataset(ClipDataset):
                 num_frames = self._frame_count(record, container, stream)
                 if num_frames < 1:
                     raise RuntimeError("the container reports no frames")
-                indices = self.sampler(num_frames, generator)
+                indices = list(range(num_frames)) if all_frames else self.sampler(num_frames, generator)
                 decoded = self._decode(container, stream, indices, num_frames)
         except (av.FFmpegError, OSError, RuntimeError) as err:
             if isinstance(err, FileNotFoundError):
