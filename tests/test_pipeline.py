@@ -13,6 +13,7 @@ METHODS = ["AdaFocus (learned policy)", "glance only", "random patches", "centre
 def test_pipeline_runs_the_chain_and_writes_results(tiny_synthetic, tmp_path, capsys):
     overrides = tiny_overrides(tiny_synthetic, tmp_path / "logs")
     out_dir = pipeline.main(overrides)
+    assert out_dir == tmp_path / "logs" / "synthetic" / "pipeline" / "p32" / "seed0"
     summary = json.loads((out_dir / "results.json").read_text())
     assert [row["method"] for row in summary["rows"]] == METHODS
     for row in summary["rows"]:

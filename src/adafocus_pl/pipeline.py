@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> Path:
                                                  cfg.data.num_segments, use_local=run.patch_policy != "none"),
         })
 
-    out_dir = stage1_dir.parents[1] / "pipeline" / stage1_dir.parent.name / stage1_dir.name
+    out_dir = stage1_dir.parents[2] / "pipeline" / stage1_dir.parent.name / stage1_dir.name
     out_dir.mkdir(parents=True, exist_ok=True)
     table = results_table(rows)
     summary = {"experiment": cfg.experiment_name, "patch_size": cfg.model.patch_size, "seed": cfg.seed,
