@@ -104,3 +104,13 @@ def test_init_from_errors_are_clear_and_come_before_training(chain, tmp_path):
         run_stage(make("stage=stage2", "model.patch_size=24", f"init_from={dirs['stage1'] / 'checkpoints' / 'last.ckpt'}",
                        f"paths.log_dir={tmp_path}"))
     assert not (tmp_path / "synthetic").exists() or not any((tmp_path / "synthetic").rglob("*.ckpt"))
+
+
+def test_last_ckpt_holds_the_latest_epoch_even_when_the_monitor_does_not_improve(compose_tiny):
+    # a monitor-driven "last" (save_last=True, Lightning >= 2.6) would stay at epoch 0 here
+    # val/hit_rate of Stage I is constant (random patches from a fixed eval seed): the monitor never improves
+    cfg = compose_tiny("stage=stage1", "trainer.max_epochs=3", "monitor=val/hit_rate")
+    run_stage(cfg)
+    last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2
+    assert last["global_step"] == 3 * cfg.trainer.limit_train_batches
