@@ -79,13 +79,14 @@ def results_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> Path:
     user = list(sys.argv[1:] if argv is None else argv)
     cfg = compose("train", user)
-    from adafocus_pl.evaluation.flops import gflops_per_video
+    from adafocus_pl.evaluation.flops import gflops_per_video, model_component_gflops
 
     started = time.perf_counter()
     print(f"[pipeline] data: {cfg.data.root}", flush=True)
     instantiate(cfg.data, _recursive_=False).prepare_data()
     timings = {"data": time.perf_counter() - started}
 
+    parts = model_component_gflops(cfg.model, (cfg.data.eval_crop, cfg.data.eval_crop))  # counted once, per frame
     stage1_dir = run_dir(user + ["stage=stage1"])
     rows = []
     for run in chain(str(stage1_dir / "checkpoints" / "last.ckpt")):
@@ -104,8 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
             "method": run.method, "patch_policy": run.patch_policy, "run_dir": str(directory),
             "top1": metrics.get("test/top1"), "mAP": metrics.get("test/mAP"),
             "hit_rate": metrics.get("test/hit_rate"), "coverage": metrics.get("test/coverage"),
-            "gflops_per_video": gflops_per_video(cfg.model, tuple(cfg.data.eval_crop for _ in range(2)),
-                                                 cfg.data.num_segments, use_local=run.patch_policy != "none"),
+            "gflops_per_video": gflops_per_video(parts, cfg.data.num_segments, use_local=run.patch_policy != "none"),
         })
 
     out_dir = stage1_dir.parents[2] / "pipeline" / stage1_dir.parent.name / stage1_dir.name

@@ -58,11 +58,15 @@ def component_gflops(net: AdaFocusNet) -> dict[str, float]:
     }
 
 
-def gflops_per_video(model_cfg: Mapping, frame_hw: tuple[int, int], num_frames: int, use_local: bool = True,
+def model_component_gflops(model_cfg: Mapping, frame_hw: tuple[int, int]) -> dict[str, float]:
+    """:func:`component_gflops` of the network a ``model`` config describes, at frames of ``frame_hw``."""
+    return component_gflops(AdaFocusNet(**{**dict(model_cfg), "frame_size": frame_hw}))
+
+
+def gflops_per_video(parts: Mapping[str, float], num_frames: int, use_local: bool = True,
                      local_fraction: float = 1.0) -> float:
-    """Total GFLOPs for one video of ``num_frames`` frames; ``local_fraction`` of them go through f_L."""
-    net = AdaFocusNet(**{**dict(model_cfg), "frame_size": frame_hw})
-    parts = component_gflops(net)
+    """Total GFLOPs for one video of ``num_frames`` frames from per-frame component ``parts``;
+    ``local_fraction`` of the frames go through f_L (none, and no policy, when ``use_local`` is False)."""
     local = parts["local"] * (local_fraction if use_local else 0.0)
     policy = parts["policy"] if use_local else 0.0
     return num_frames * (parts["glance"] + policy + local + parts["classifier"])

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Categorical
 
-from adafocus_pl.models.patches import random_offsets
 from adafocus_pl.stages.base import StageModule
 from adafocus_pl.stages.ppo import PPOConfig, ppo_loss, ppo_targets
 from adafocus_pl.stages.rewards import patch_reward
@@ -42,7 +41,7 @@ class PolicyStage(StageModule):
         net = self.net
         b, t = actions.shape
         offsets_policy = net.actions_to_offsets(actions)
-        offsets_random = random_offsets(b * t, frames.shape[-2:], net.patch_size).to(frames.device).view(b, t, 2)
+        offsets_random = net.fixed_offsets("random", b, t, frames.device)
         patches = net.crop(frames.repeat(2, 1, 1, 1, 1), torch.cat([offsets_policy, offsets_random]))
         local = net.local_features(patches)  # f_L once over 2*B*T patches
         local_policy, local_random = local[:b], local[b:]
