@@ -1,29 +1,73 @@
-"""`make train`'s pipeline on tiny data: every stage and baseline runs, the results table is written, re-runs skip."""
+"""`make train`'s pipeline on tiny data: every stage, baseline and AdaFocus+ run, the results table and figures are
+written, re-runs skip finished stages, and the walk-through notebook runs on the result."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+
+import pytest
 
 from adafocus_pl import pipeline
 from tests.conftest import tiny_overrides
 
-METHODS = ["AdaFocus (learned policy)", "glance only", "random patches", "centre patches", "Gaussian patches"]
+METHODS = ["AdaFocus (learned policy)", "glance only", "random patches", "centre patches", "Gaussian patches",
+           "AdaFocus+ network, f_L on every frame", "AdaFocus+ (eta=0.9)", "AdaFocus+ (eta=0.7)",
+           "AdaFocus+ (eta=0.5)"]
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
 
 
-def test_pipeline_runs_the_chain_and_writes_results(tiny_synthetic, tmp_path, capsys):
-    overrides = tiny_overrides(tiny_synthetic, tmp_path / "logs")
-    out_dir = pipeline.main(overrides)
-    assert out_dir == tmp_path / "logs" / "synthetic" / "pipeline" / "p32" / "seed0"
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_synthetic, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("pipeline_logs")
+    overrides = tiny_overrides(tiny_synthetic, logs)
+    return overrides, logs, pipeline.main(overrides)
+
+
+def test_pipeline_runs_the_chain_and_writes_results(pipeline_run):
+    _, logs, out_dir = pipeline_run
+    assert out_dir == logs / "synthetic" / "pipeline" / "p32" / "seed0"
     summary = json.loads((out_dir / "results.json").read_text())
     assert [row["method"] for row in summary["rows"]] == METHODS
     for row in summary["rows"]:
-        assert {"method", "top1", "mAP", "gflops_per_video", "hit_rate"} <= set(row)
+        assert {"method", "top1", "mAP", "gflops_per_video", "hit_rate", "keep_fraction"} <= set(row)
         assert 0.0 <= row["top1"] <= 1.0 and row["gflops_per_video"] > 0
-    flops = {row["method"]: row["gflops_per_video"] for row in summary["rows"]}
+    rows = {row["method"]: row for row in summary["rows"]}
+    flops = {name: row["gflops_per_video"] for name, row in rows.items()}
     assert flops["glance only"] < flops["random patches"] == flops["centre patches"]
-    assert summary["rows"][1]["hit_rate"] is None  # glance-only crops no patch
-    assert "| AdaFocus (learned policy) |" in (out_dir / "results.md").read_text()
+    assert flops["AdaFocus (learned policy)"] == pytest.approx(flops["random patches"])
+    # AdaFocus+ counts pi' and only the frames that ran f_L
+    assert flops["AdaFocus+ (eta=0.5)"] < flops["AdaFocus+ (eta=0.9)"] < flops["AdaFocus+ network, f_L on every frame"]
+    assert rows["AdaFocus+ (eta=0.5)"]["keep_fraction"] < rows["AdaFocus+ (eta=0.9)"]["keep_fraction"]
+    assert rows["glance only"]["hit_rate"] is None  # glance-only crops no patch
+    assert len(rows["AdaFocus (learned policy)"]["online"]) == 8
+    text = (out_dir / "results.md").read_text()
+    assert "| AdaFocus (learned policy) |" in text and "| AdaFocus+ (eta=0.5) |" in text
+    for name in ("accuracy_vs_gflops.png", "online.png"):
+        assert (out_dir / name).stat().st_size > 1000
+    assert (logs / "synthetic" / "stage3_plus" / "p32" / "seed0" / "eval" / "patches_plus.png").is_file()
 
+
+def test_rerunning_the_pipeline_skips_every_finished_stage(pipeline_run, capsys):
+    overrides, _, _ = pipeline_run
     capsys.readouterr()
     pipeline.main(overrides)  # same command again: every stage is found done
-    assert capsys.readouterr().out.count("done before, skipping") == 7
+    assert capsys.readouterr().out.count("done before, skipping") == 9
+
+
+def test_walkthrough_notebook_runs_on_the_trained_runs(pipeline_run, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    overrides, _, _ = pipeline_run
+    monkeypatch.setenv("ADAFOCUS_NOTEBOOK_OVERRIDES", json.dumps(overrides))
+    monkeypatch.setenv("ADAFOCUS_NOTEBOOK_OUT", str(tmp_path / "nb"))
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    for name in ("patches.png", "online.png", "patches_plus.png"):
+        assert (tmp_path / "nb" / name).stat().st_size > 1000, name
+    printed = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                      for out in cell.get("outputs", []))
+    assert "saves" in printed and os.environ.get("ADAFOCUS_NOTEBOOK_OUT") == str(tmp_path / "nb")

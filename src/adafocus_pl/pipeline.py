@@ -4,8 +4,11 @@
 2. Stage I -> II -> III, each a ``python -m adafocus_pl.train`` run in its own deterministic directory;
 3. the baselines of the paper's Table 5 and a glance-only model, each given the same Stage III budget from the
    Stage I weights (a fair comparison, see README);
-4. a results table on the test split (top-1, mAP, GFLOPs per video, patch hit rate and coverage), printed and
-   written as ``results.json`` / ``results.md`` in the pipeline's run directory.
+4. AdaFocus+ (Sec. 3.3): Stage II and III again with ``plus=on``, from the same Stage I;
+5. ``adafocus_pl.eval`` on the AdaFocus and AdaFocus+ Stage III checkpoints (online curves, rho per eta, figures);
+6. a results table on the test split (top-1, mAP, GFLOPs per video, share of frames through f_L, patch hit rate and
+   coverage) with an accuracy-vs-GFLOPs plot, written as ``results.json`` / ``results.md`` /
+   ``accuracy_vs_gflops.png`` / ``online.png`` in the pipeline's run directory.
 
 A stage whose directory already holds ``metrics.json`` from the same overrides is not run again.
 """
@@ -32,6 +35,7 @@ class Run:
     stage: str                  # the stage config
     overrides: list[str] = field(default_factory=list)
     patch_policy: str | None = None  # for FLOPs: None = no results row
+    evaluate: bool = False           # rows from adafocus_pl.eval (online curve, AdaFocus+ rows per eta)
 
 
 def chain(stage1_ckpt: str) -> list[Run]:
@@ -42,11 +46,13 @@ def chain(stage1_ckpt: str) -> list[Run]:
     return [
         Run("stage I (warm-up)", "stage1"),
         Run("stage II (policy)", "stage2"),
-        Run("AdaFocus (learned policy)", "stage3", patch_policy="learned"),
+        Run("AdaFocus (learned policy)", "stage3", patch_policy="learned", evaluate=True),
         baseline("glance only", "none"),
         baseline("random patches", "random"),
         baseline("centre patches", "centre"),
         baseline("Gaussian patches", "gaussian"),
+        Run("stage II+ (policies pi, pi')", "stage2", ["plus=on"]),
+        Run("AdaFocus+", "stage3", ["plus=on"], patch_policy="learned", evaluate=True),
     ]
 
 
@@ -56,8 +62,13 @@ def run_dir(overrides: list[str]) -> Path:
 
 
 def already_done(directory: Path, overrides: list[str]) -> bool:
-    saved = directory / ".hydra" / "overrides.yaml"
-    return (directory / "metrics.json").is_file() and saved.is_file() and yaml.safe_load(saved.read_text()) == overrides
+    """Finished (``metrics.json``) with the same composed config: same overrides AND same config files, so a
+    changed default (e.g. in conf/model) re-runs the stage rather than reusing stale results."""
+    saved = directory / ".hydra" / "config.yaml"
+    if not (directory / "metrics.json").is_file() or not saved.is_file():
+        return False
+    current = OmegaConf.to_container(compose("train", overrides), resolve=False)
+    return yaml.safe_load(saved.read_text()) == current
 
 
 def run_stage_process(overrides: list[str]) -> None:
@@ -67,13 +78,36 @@ def run_stage_process(overrides: list[str]) -> None:
 
 
 def results_table(rows: list[dict]) -> str:
-    head = "| method | top-1 (%) | mAP (%) | GFLOPs / video | patch hit rate (%) | target coverage (%) |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    head = ("| method | top-1 (%) | mAP (%) | GFLOPs / video | frames through f_L (%) | patch hit rate (%) | "
+            "target coverage (%) |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
         lines.append(f"| {r['method']} | {pct(r['top1'])} | {pct(r['mAP'])} | {r['gflops_per_video']:.4f} | "
-                     f"{pct(r['hit_rate'])} | {pct(r['coverage'])} |")
+                     f"{pct(r.get('keep_fraction'))} | {pct(r['hit_rate'])} | {pct(r['coverage'])} |")
     return "\n".join(lines)
+
+
+def pipeline_figures(rows: list[dict], out_dir: Path, title: str, metric: str) -> dict[str, str]:
+    """Fig. 5 (accuracy vs GFLOPs: every row) and Fig. 6 (online curves of the rows that have one)."""
+    from adafocus_pl.evaluation.plots import plot_accuracy_vs_gflops, plot_online_curve
+
+    unit = "top-1 (%)" if metric == "top1" else "mAP (%)"
+    points = [{"family": r["family"], "gflops": r["gflops_per_video"], "value": 100 * r[metric],
+               "label": f"η={r['keep_ratio']:g}" if r.get("keep_ratio") else None} for r in rows]
+    paths = {"accuracy vs GFLOPs": plot_accuracy_vs_gflops(points, out_dir / "accuracy_vs_gflops.png",
+                                                           metric=unit, title=title)}
+    curves = {r["method"]: [(p["gflops"], 100 * p[metric]) for p in r["online"]] for r in rows if r.get("online")}
+    if curves:
+        paths["online curves"] = plot_online_curve(curves, out_dir / "online.png", metric=unit, title=title)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def evaluate_run(overrides: list[str], ckpt: Path) -> dict:
+    """``adafocus_pl.eval`` on a Stage III checkpoint, in this process (fine-tuned baselines are separate rows)."""
+    from adafocus_pl.eval import run as run_eval
+
+    return run_eval(compose("eval", overrides + [f"ckpt_path={ckpt}", "eval.fixed_policies=[]"]))
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -88,7 +122,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     parts = model_component_gflops(cfg.model, (cfg.data.eval_crop, cfg.data.eval_crop))  # counted once, per frame
     stage1_dir = run_dir(user + ["stage=stage1"])
-    rows = []
+    rows, eval_dirs = [], []
     for run in chain(str(stage1_dir / "checkpoints" / "last.ckpt")):
         overrides = user + [f"stage={run.stage}"] + run.overrides
         directory = run_dir(overrides)
@@ -100,12 +134,23 @@ def main(argv: list[str] | None = None) -> Path:
         timings[run.method] = time.perf_counter() - t0
         if run.patch_policy is None:
             continue
+        if run.evaluate:
+            t0 = time.perf_counter()
+            result = evaluate_run(overrides, directory / "checkpoints" / "last.ckpt")
+            timings[f"eval {run.method}"] = time.perf_counter() - t0
+            for row in result["rows"]:
+                if "plus=on" in run.overrides and "keep_ratio" not in row:
+                    row["method"] = "AdaFocus+ network, f_L on every frame"
+                rows.append({**row, "run_dir": str(directory)})
+            eval_dirs.append(result["paths"]["md"])
+            continue
         metrics = json.loads((directory / "metrics.json").read_text())
         rows.append({
-            "method": run.method, "patch_policy": run.patch_policy, "run_dir": str(directory),
+            "method": run.method, "family": run.method, "patch_policy": run.patch_policy, "run_dir": str(directory),
             "top1": metrics.get("test/top1"), "mAP": metrics.get("test/mAP"),
             "hit_rate": metrics.get("test/hit_rate"), "coverage": metrics.get("test/coverage"),
             "gflops_per_video": gflops_per_video(parts, cfg.data.num_segments, use_local=run.patch_policy != "none"),
+            "keep_fraction": 0.0 if run.patch_policy == "none" else 1.0,
         })
 
     out_dir = stage1_dir.parents[2] / "pipeline" / stage1_dir.parent.name / stage1_dir.name
@@ -115,8 +160,11 @@ def main(argv: list[str] | None = None) -> Path:
                "split": "test", "frames_per_video": cfg.data.num_segments, "rows": rows,
                "seconds": {k: round(v, 1) for k, v in timings.items()}}
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "results.md").write_text(
-        f"# {cfg.experiment_name}: P={cfg.model.patch_size}, seed {cfg.seed}, test split\n\n{table}\n")
+    title = f"{cfg.experiment_name}: P={cfg.model.patch_size}, seed {cfg.seed}, test split"
+    figures = pipeline_figures(rows, out_dir, title, metric="mAP" if str(cfg.monitor).endswith("mAP") else "top1")
+    links = "\n".join(f"- {name}: `{path}`" for name, path in
+                      [*figures.items(), *(("evaluation", p) for p in eval_dirs)])
+    (out_dir / "results.md").write_text(f"# {title}\n\n{table}\n\n{links}\n")
     print("\n" + table + "\n")
     print("[pipeline] wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"[pipeline] results: {out_dir / 'results.md'} and results.json")

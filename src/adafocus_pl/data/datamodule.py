@@ -127,12 +127,15 @@ class VideoDataModule(pl.LightningDataModule):
             log.warning("%s lists %d classes but num_classes=%d", path, len(names), self.num_classes)
         self.class_names = names
 
-    def build_dataset(self, split: str) -> ClipDataset:
-        """The dataset of ``split`` (train → random sampling + train transform; val/test → centre + eval)."""
+    def build_dataset(self, split: str, mode: str | None = None) -> ClipDataset:
+        """The dataset of ``split`` (train → random sampling + train transform; val/test → centre + eval).
+
+        ``mode="val"`` gives any split the evaluation sampling and transform (e.g. the training split for
+        AdaFocus+'s threshold, paper Sec. 3.3)."""
         list_file = self.lists.get(split)
         if not list_file:
             raise ValueError(f"no {split}_list configured for data {self.name or self.root}")
-        mode = SPLIT_MODES[split]
+        mode = mode or SPLIT_MODES[split]
         transform = self.train_transform if mode == "train" else self.eval_transform
         common = dict(
             root=self.root,
@@ -189,6 +192,22 @@ class VideoDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def eval_dataloader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """``split`` in evaluation mode (centre-frame sampling, eval transform, no shuffle), for offline eval."""
+        if self.class_names is None:
+            self._load_class_names()
+        key = f"{split}@eval"
+        if key not in self.datasets:
+            self.datasets[key] = self.build_dataset(split, mode="val")
+        return DataLoader(
+            self.datasets[key],
+            batch_size=batch_size or self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            multiprocessing_context=self.multiprocessing_context,
+        )
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

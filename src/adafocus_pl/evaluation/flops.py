@@ -1,24 +1,52 @@
-"""GFLOPs per video, counted per component with fvcore (multiply-adds of conv, linear and GRU-cell layers).
+"""GFLOPs per video, counted per component with fvcore.
 
-Per frame: f_G on the (glance-sized) frame, one step of pi, f_L on one PxP patch, one step of f_C; a video costs
-T times that (f_L only on the frames it runs on). The facts page lists the paper's figures this reproduces.
+Convention (paper footnote 1: "FLOPs refers to the number of multiply-add operations"; facts page, "FLOPs":
+multiply-adds of conv and linear layers; BN, ReLU, shift ignored): one FLOP is one multiply-add of a convolution
+or of a matrix product (``nn.Linear``, and the two gate matmuls that ``nn.GRUCell`` traces to); bias adds,
+BatchNorm, activations, pooling, the GRU's elementwise gate arithmetic, softmax and resizing count nothing.
+fvcore's defaults also count ``aten::batch_norm`` (and ``FlopCountAnalysis.set_op_handle(op, None)`` does not
+remove a default handle), so we clear its handles and register only the matrix-product ops. With that convention
+fvcore reproduces the facts page exactly: MobileNetV2 ``features`` @224 = 0.2995 (fvcore's default 0.3142 is the
+whole torchvision model: + 0.0134 of BN + 0.0013 of its 1280->1000 classifier + 0.00006 of pooling), ResNet-50
+without its ``fc`` @96/128/144/160/176/192/224 = 0.751/1.335/1.758/2.085/2.606/3.003/4.087, one step of pi =
+0.0100 and one step of the GRU f_C (200 classes) = 0.0136.
+
+GFLOPs per video as in paper Table 1 / Fig. 5. Per frame (Sec. 3.4): f_G on the (glance-sized) frame, one step
+of pi (and of AdaFocus+'s pi'), f_L on one PxP patch, one step of f_C; a video costs T times that, f_L counted
+only on the frames it runs on.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import (
+    addmm_flop_jit,
+    bmm_flop_jit,
+    conv_flop_jit,
+    einsum_flop_jit,
+    linear_flop_jit,
+    matmul_flop_jit,
+)
 from torch import nn
 
 from adafocus_pl.models.adafocus import AdaFocusNet
 
-# ops that are not multiply-adds of a layer's weights (the paper ignores BN, ReLU, pooling and shifts)
-IGNORED_OPS = ("aten::batch_norm", "aten::adaptive_avg_pool2d", "aten::mean", "aten::add", "aten::add_",
-               "aten::mul", "aten::mul_", "aten::relu", "aten::relu_", "aten::hardtanh", "aten::hardtanh_",
-               "aten::avg_pool2d", "aten::max_pool2d", "aten::upsample_bilinear2d", "aten::softmax",
-               "aten::dropout", "aten::sigmoid", "aten::tanh", "aten::rsub", "aten::sub")
+# the only ops counted: multiply-adds of convolutions and matrix products (weights times activations); every
+# other traced op (batch_norm, relu, add, mul, sigmoid, tanh, mean, pooling, softmax, interpolation) counts 0
+COUNTED_OPS = {
+    "aten::_convolution": conv_flop_jit,
+    "aten::linear": linear_flop_jit,
+    "aten::addmm": addmm_flop_jit,
+    "aten::mm": matmul_flop_jit,
+    "aten::matmul": matmul_flop_jit,
+    "aten::bmm": bmm_flop_jit,
+    "aten::einsum": einsum_flop_jit,
+}
 
 
 class _Call(nn.Module):
@@ -32,41 +60,163 @@ class _Call(nn.Module):
         return self.fn(self.owner, *args)
 
 
-def _gflops(owner: nn.Module, fn, *inputs: torch.Tensor) -> float:
+def count_gflops(owner: nn.Module, fn, *inputs: torch.Tensor) -> float:
+    """GFLOPs (multiply-adds of conv and matrix products only, see the module docstring) of ``fn(owner, *inputs)``."""
     analysis = FlopCountAnalysis(_Call(owner, fn), inputs)
-    for op in IGNORED_OPS:
-        analysis.set_op_handle(op, None)
+    analysis.clear_op_handles().set_op_handle(**COUNTED_OPS)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     return analysis.total() / 1e9
 
 
+def _policy_decision(policy, glance_map: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """One inference step of a policy (Eq. 3 / Eq. 8): conv -> linear -> GRUCell -> actor. The critic is a
+    training-only head (PPO's value) and is not counted (1024 multiply-adds, below the 4th digit anyway)."""
+    return policy.actor(policy.gru(policy.encode(glance_map), h))
+
+
 @torch.no_grad()
 def component_gflops(net: AdaFocusNet) -> dict[str, float]:
-    """GFLOPs of one frame through each component: ``glance``, ``policy``, ``local``, ``classifier``."""
-    net = net.eval()
-    frame = torch.zeros(1, 3, *(net.glance_hw or net.frame_hw))
-    glance_map = net.glance.forward_features(frame)
-    policy_state = net.policy.init_state(1, frame.device)
-    patch = torch.zeros(1, 3, net.patch_size, net.patch_size)
-    features = torch.zeros(1, net.classifier.in_features)
-    classifier_state = net.classifier.init_state(1, frame.device)
-    return {
-        "glance": _gflops(net.glance, lambda g, x: g.forward_features(x), frame),
-        "policy": _gflops(net.policy, lambda p, m, h: p.step(m, h)[0], glance_map, policy_state),
-        "local": _gflops(net.local, lambda f, x: f(x), patch),
-        "classifier": _gflops(net.classifier, lambda c, x, h: c.step(x, h)[0], features, classifier_state),
-    }
+    """GFLOPs of one frame through each component: ``glance`` (f_G), ``policy`` (pi), ``local`` (f_L on one
+    PxP patch), ``classifier`` (f_C), and ``skip_policy`` (AdaFocus+'s pi') only when the network has one.
+
+    The inputs are zeros on the network's device; the network's train/eval modes are restored afterwards.
+    """
+    param = next(net.parameters())
+    device, dtype = param.device, param.dtype
+    modes = {module: module.training for module in net.modules()}
+    net.eval()
+    try:
+        frame = torch.zeros(1, 3, *(net.glance_hw or net.frame_hw), device=device, dtype=dtype)
+        glance_map = torch.zeros(1, net.glance.num_features, *net.glance_map_hw, device=device, dtype=dtype)
+        policy_state = net.policy.init_state(1, device)
+        patch = torch.zeros(1, 3, net.patch_size, net.patch_size, device=device, dtype=dtype)
+        features = torch.zeros(1, net.classifier.in_features, device=device, dtype=dtype)
+        parts = {
+            "glance": count_gflops(net.glance, lambda g, x: g.forward_features(x), frame),
+            "policy": count_gflops(net.policy, _policy_decision, glance_map, policy_state),
+            "local": count_gflops(net.local, lambda f, x: f(x), patch),
+            # the classifier's state starts inside the trace (the "fc" f_C's state is not a tensor)
+            "classifier": count_gflops(net.classifier, lambda c, x: c.step(x)[0], features),
+        }
+        skip_policy = getattr(net, "skip_policy", None)
+        if skip_policy is not None:
+            parts["skip_policy"] = count_gflops(skip_policy, _policy_decision, glance_map,
+                                           skip_policy.init_state(1, device))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return parts
+
+
+# component_gflops of networks seen before, keyed by their architecture (see _signature)
+_CACHE: dict[str, dict[str, float]] = {}
+
+
+def _signature(net: AdaFocusNet) -> str:
+    """What the count depends on: every layer's hyper-parameters and shapes (``repr``) and the input sizes."""
+    sizes = (net.frame_hw, net.glance_hw, net.patch_size, getattr(net, "glance_map_hw", None))
+    return f"{type(net).__qualname__}{sizes}\n{net!r}"
+
+
+def cached_component_gflops(net: AdaFocusNet) -> dict[str, float]:
+    """:func:`component_gflops`, traced once per architecture and input size in this process."""
+    key = _signature(net)
+    if key not in _CACHE:
+        _CACHE[key] = component_gflops(net)
+    return dict(_CACHE[key])
+
+
+def flops_network(model_cfg: Mapping[str, Any], frame_hw: tuple[int, int] | int | None = None) -> AdaFocusNet:
+    """The network a ``model`` config describes (at frames of ``frame_hw`` when given), with random weights: the
+    count needs no checkpoint, so ``*_pretrained`` are dropped (nothing is read or downloaded)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    kwargs = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+    kwargs.update(glance_pretrained=None, local_pretrained=None)
+    if frame_hw is not None:
+        kwargs["frame_size"] = [frame_hw, frame_hw] if isinstance(frame_hw, int) else list(frame_hw)
+    return AdaFocusNet(**kwargs)
+
+
+_CONFIG_CACHE: dict[str, dict[str, float]] = {}
 
 
 def model_component_gflops(model_cfg: Mapping, frame_hw: tuple[int, int]) -> dict[str, float]:
-    """:func:`component_gflops` of the network a ``model`` config describes, at frames of ``frame_hw``."""
-    return component_gflops(AdaFocusNet(**{**dict(model_cfg), "frame_size": frame_hw}))
+    """:func:`component_gflops` of the network a ``model`` config describes, at frames of ``frame_hw``
+    (cached by config)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    plain = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+    plain = {k: v for k, v in plain.items() if k not in ("glance_pretrained", "local_pretrained")}
+    key = json.dumps([plain, list(frame_hw) if not isinstance(frame_hw, int) else frame_hw], sort_keys=True,
+                     default=str)
+    if key not in _CONFIG_CACHE:
+        _CONFIG_CACHE[key] = component_gflops(flops_network(plain, frame_hw))
+    return dict(_CONFIG_CACHE[key])
 
 
 def gflops_per_video(parts: Mapping[str, float], num_frames: int, use_local: bool = True,
                      local_fraction: float = 1.0) -> float:
-    """Total GFLOPs for one video of ``num_frames`` frames from per-frame component ``parts``;
-    ``local_fraction`` of the frames go through f_L (none, and no policy, when ``use_local`` is False)."""
-    local = parts["local"] * (local_fraction if use_local else 0.0)
-    policy = parts["policy"] if use_local else 0.0
-    return num_frames * (parts["glance"] + policy + local + parts["classifier"])
+    """Total GFLOPs for one video of ``num_frames`` frames from per-frame component ``parts``.
+
+    Facts page, "FLOPs": AdaFocus+ FLOPs = sum over frames of (f_G + policies + f_C) + kept fraction x f_L(P).
+    pi (and pi' when ``parts`` has ``skip_policy``) run on every frame; ``local_fraction`` of the frames go
+    through f_L. ``use_local=False`` is the glance-only network (f_G + f_C: no policy, no f_L).
+    """
+    if not 0.0 <= local_fraction <= 1.0:
+        raise ValueError(f"local_fraction must be in [0, 1], got {local_fraction}")
+    per_frame = parts["glance"] + parts["classifier"]
+    if use_local:
+        per_frame += parts["policy"] + parts.get("skip_policy", 0.0) + local_fraction * parts["local"]
+    return num_frames * per_frame
+
+
+def net_gflops_per_video(net: AdaFocusNet, num_frames: int, use_local: bool = True,
+                         local_fraction: float = 1.0) -> float:
+    """GFLOPs per video of ``net`` (e.g. logged as ``model/gflops_per_video`` at fit start). The per-component
+    count is traced once per architecture (a few seconds for the full-size network) and cached; pi' is counted
+    when the network has one (its forward always runs it)."""
+    return gflops_per_video(cached_component_gflops(net), num_frames, use_local=use_local,
+                            local_fraction=local_fraction)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _fmt_total(value: float) -> str:
+    return f"{value:.2f}" if value >= 1 else f"{value:.4g}"
+
+
+def video_rows(parts: Mapping[str, float], num_frames: int,
+               keep_fractions: tuple[float, ...] | list[float] = ()) -> list[tuple[str, float, float]]:
+    """``(method, fraction of frames through f_L, GFLOPs per video)``: AdaFocus (f_L on every frame, no pi'),
+    AdaFocus+ at each kept fraction (needs ``parts["skip_policy"]``), and the glance-only network."""
+    if keep_fractions and "skip_policy" not in parts:
+        raise ValueError("AdaFocus+ rows need the skip policy pi' (a network built with skip_policy=True)")
+    plain = {k: v for k, v in parts.items() if k != "skip_policy"}
+    rows = [("AdaFocus", 1.0, gflops_per_video(plain, num_frames))]
+    rows += [(f"AdaFocus+ (eta={eta:g})", float(eta), gflops_per_video(parts, num_frames, local_fraction=eta))
+             for eta in keep_fractions]
+    rows.append(("glance only (f_G + f_C)", 0.0, gflops_per_video(parts, num_frames, use_local=False)))
+    return rows
+
+
+def gflops_markdown(parts: Mapping[str, float], num_frames: int,
+                    keep_fractions: tuple[float, ...] | list[float] = (),
+                    labels: Mapping[str, str] | None = None, title: str | None = None) -> str:
+    """Markdown tables: GFLOPs per frame of each component (``labels`` names them) and per video of
+    :func:`video_rows`."""
+    names = {"glance": "f_G", "policy": "pi", "skip_policy": "pi'", "local": "f_L", "classifier": "f_C",
+             **dict(labels or {})}
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| component | GFLOPs / frame | MFLOPs / frame |", "|---|---:|---:|"]
+    for key in ("glance", "policy", "skip_policy", "local", "classifier"):
+        if key in parts:
+            lines.append(f"| {names[key]} | {_fmt(parts[key])} | {_fmt(parts[key] * 1e3)} |")
+    lines += ["", f"| method ({num_frames} frames) | frames through f_L (%) | GFLOPs / video |", "|---|---:|---:|"]
+    for method, fraction, total in video_rows(parts, num_frames, keep_fractions):
+        lines.append(f"| {method} | {100 * fraction:.0f} | {_fmt_total(total)} |")
+    lines += ["", "GFLOPs = multiply-adds of conv and linear layers (GRU gate matmuls included); BN, activations, "
+              "pooling and elementwise ops ignored."]
+    return "\n".join(lines) + "\n"

@@ -1,32 +1,74 @@
-"""Offline metrics: top-1, the paper's mAP, and how well patches cover the target region."""
+"""Offline metrics: top-1 (paper Table 2), the paper's mAP (Table 1, Fig. 5), and how well patches cover the target
+region.
+
+Top-1 and AP are computed by torchmetrics, which gives the paper's numbers (checked against a plain definition in
+tests/test_evaluation_metrics.py); the conventions it leaves open are fixed here:
+
+* top-1: a tie for the highest score goes to the lowest class index (``torch.argmax``);
+* AP: tied scores form one threshold: every positive in a group of equal scores gets the precision over the
+  whole group (torchmetrics' and scikit-learn's convention; it does not depend on the order of the videos);
+* mAP: a class without positives counts 0 (torchmetrics warns and returns 0 for it; we set it ourselves).
+"""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from torchmetrics.functional.classification import (
+    binary_average_precision,
+    multiclass_accuracy,
+    multilabel_average_precision,
+)
 
 
 def top1_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of videos whose highest score is the (first) label."""
-    return (scores.argmax(dim=1) == labels).float().mean().item()
+    """Fraction of videos whose highest score is the (first) label (facts page, "Metrics": last-step scores)."""
+    labels = labels.to(scores.device).long()
+    return multiclass_accuracy(scores, labels, num_classes=scores.shape[1], top_k=1, average="micro").item()
+
+
+def _as_probabilities(scores: torch.Tensor) -> torch.Tensor:
+    """float64 scores in [0, 1] with the same order and ties in every column.
+
+    torchmetrics takes values outside [0, 1] for logits and applies a sigmoid, which can merge distinct large
+    scores into ties; a dense rank over all values keeps every column's order and ties exactly.
+    """
+    scores = scores.detach().double()
+    if scores.numel() and (scores.min() < 0 or scores.max() > 1):
+        values, rank = torch.unique(scores, sorted=True, return_inverse=True)
+        scores = rank.double() / max(len(values) - 1, 1)
+    return scores
 
 
 def average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float:
-    """Non-interpolated AP of one class: the mean of the precisions at the ranks of the positives (0 if none)."""
-    num_pos = int(positives.sum().item())
-    if num_pos == 0:
+    """Non-interpolated AP of one class: the mean of the precisions at the ranks of the positives (0 if none);
+    tied scores share one threshold (see the module docstring)."""
+    positives = positives.to(scores.device) > 0
+    if not bool(positives.any()):
         return 0.0
-    order = torch.argsort(scores, descending=True, stable=True)
-    hits = positives[order].float()
-    precision_at_k = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float32)
-    return (precision_at_k * hits).sum().item() / num_pos
+    return binary_average_precision(_as_probabilities(scores), positives.long()).item()
+
+
+def per_class_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """AP of every class ``[K]`` (float64) from scores ``[N, K]`` and multi-hot targets ``[N, K]``; 0 for a class
+    without positives."""
+    if scores.shape != targets.shape or scores.dim() != 2:
+        raise ValueError(f"scores and targets must both be [N, K], got {list(scores.shape)} and {list(targets.shape)}")
+    targets = (targets.to(scores.device) > 0).long()
+    with warnings.catch_warnings():  # "No positive samples found in target": handled below
+        warnings.filterwarnings("ignore", message=".*[Nn]o positive samples.*")
+        aps = multilabel_average_precision(_as_probabilities(scores), targets, num_labels=scores.shape[1],
+                                           average="none", thresholds=None)
+    aps = aps.double()
+    return torch.where(targets.any(dim=0), aps.nan_to_num(0.0), torch.zeros_like(aps))
 
 
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
     """mAP over ALL classes (facts page, "Metrics"): softmax scores over the whole split ``[N, K]``,
     multi-hot targets ``[N, K]`` (ActivityNet: first label only; FCVID: all labels); a class without positives
     counts 0."""
-    aps = [average_precision(scores[:, k], targets[:, k] > 0) for k in range(scores.shape[1])]
-    return sum(aps) / len(aps)
+    return per_class_average_precision(scores, targets).mean().item()
 
 
 def patch_box_overlap(offsets: torch.Tensor, patch_size: int, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

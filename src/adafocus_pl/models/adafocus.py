@@ -1,7 +1,8 @@
 """AdaFocusNet: glance (f_G) -> policy (pi) -> batched crop -> local CNN (f_L) -> classifier (f_C).
 
 Paper Sec. 3.1 (Fig. 2) for the components, Sec. 3.4 for the offline path that runs f_G and f_L over all frames in
-one batch. Frames are float ``[B, T, 3, H, W]``.
+one batch. Frames are float ``[B, T, 3, H, W]``. With ``skip_policy=True`` the network is AdaFocus+ (Sec. 3.3,
+Fig. 4): a second recurrent policy pi' decides per frame whether f_L runs at all.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from adafocus_pl.models.patches import (
 )
 from adafocus_pl.models.policy import PatchPolicy
 from adafocus_pl.models.registry import create_backbone
+from adafocus_pl.models.skipping import batch_keep_mask
 
-PATCH_POLICIES = ("learned", "random", "centre", "gaussian", "given")
+PATCH_POLICIES = ("learned", "random", "centre", "gaussian", "given", "none")
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -59,6 +61,7 @@ class AdaFocusNet(nn.Module):
         dropout: float = 0.8,
         use_glance_features: bool = True,
         gaussian_std: float = 0.25,
+        skip_policy: bool = False,
     ):
         super().__init__()
         self.frame_hw = _pair(frame_size)
@@ -81,6 +84,12 @@ class AdaFocusNet(nn.Module):
             conv_channels=policy_conv_channels,
             hidden=policy_hidden,
         )
+        # AdaFocus+ (Sec. 3.3): pi' has pi's inputs and architecture, one Bernoulli logit (Eq. 8)
+        self.skip_policy = (
+            PatchPolicy(self.glance.num_features, self.glance_map_hw, 1, conv_channels=policy_conv_channels,
+                        hidden=policy_hidden)
+            if skip_policy else None
+        )
         in_features = self.local.num_features + (self.glance.num_features if self.use_glance_features else 0)
         if classifier == "gru":
             self.classifier = RecurrentClassifier(in_features, num_classes, hidden=classifier_hidden, dropout=dropout)
@@ -93,6 +102,11 @@ class AdaFocusNet(nn.Module):
     @property
     def num_actions(self) -> int:
         return self.grid_size**2
+
+    @property
+    def has_skip_policy(self) -> bool:
+        """True for AdaFocus+ (a pi' that can skip f_L on a frame)."""
+        return self.skip_policy is not None
 
     @property
     def num_classes(self) -> int:
@@ -136,6 +150,13 @@ class AdaFocusNet(nn.Module):
         """Eq. (3): pi's ``(logits [B, T, A], values [B, T])`` over a clip of e_G maps."""
         return self.policy.rollout(glance_maps)
 
+    def skip_rollout(self, glance_maps: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. (8): pi''s ``(logits [B, T], values [B, T])``; p_t^B = sigmoid(logit) is Pr(b_t = 1), keep the frame."""
+        if self.skip_policy is None:
+            raise RuntimeError("this network has no skip policy pi' (AdaFocus+ is off: build it with skip_policy=True)")
+        logits, values = self.skip_policy.rollout(glance_maps)
+        return logits.squeeze(-1), values
+
     def actions_to_offsets(self, actions: Tensor) -> Tensor:
         """Grid candidate indices ``[...]`` (row-major) -> top-left ``(y, x)`` offsets ``[..., 2]``."""
         return self.grid[actions]
@@ -150,6 +171,18 @@ class AdaFocusNet(nn.Module):
         """Eq. (2) + pooling: e_L-bar ``[B, T, F_L]``, f_L run over all B*T patches at once."""
         batch, steps = patches.shape[:2]
         return self.local(patches.flatten(0, 1)).unflatten(0, (batch, steps))
+
+    def kept_local_features(self, frames: Tensor, offsets: Tensor, keep: Tensor) -> Tensor:
+        """AdaFocus+ (Sec. 3.3): e_L-bar ``[B, T, F_L]`` with f_L run on the kept frames only (``keep [B, T]``);
+        skipped frames get zeros and never reach the crop or f_L."""
+        batch, steps = frames.shape[:2]
+        kept = keep.reshape(-1).nonzero().squeeze(1)
+        out = frames.new_zeros(batch * steps, self.local.num_features)
+        if kept.numel():
+            patches = crop_patches(frames.flatten(0, 1), offsets.reshape(-1, 2)[kept], self.patch_size,
+                                   frame_index=kept)
+            out = out.index_put((kept,), self.local(patches).to(out.dtype))
+        return out.unflatten(0, (batch, steps))
 
     def classifier_inputs(self, glance_features: Tensor, local_features: Tensor, keep: Tensor | None = None) -> Tensor:
         """``[e_G-bar, e_L-bar]`` (Eq. 4), or e_L-bar alone without glance reuse (Table 4).
@@ -200,15 +233,24 @@ class AdaFocusNet(nn.Module):
         sample: bool = False,
         generator: torch.Generator | None = None,
         offsets: Tensor | None = None,
+        keep: Tensor | None = None,
+        keep_threshold: float | None = None,
+        batch_keep_ratio: float | None = None,
     ) -> dict[str, Tensor | None]:
         """Offline path (Sec. 3.4): f_G over all frames, pi steps on cheap features, one crop, f_L over all patches,
         f_C steps.
 
-        ``patch_policy``: "learned" (argmax of pi, or a draw when ``sample``), "random", "centre", "gaussian", or
-        "given" (``actions [B, T]`` grid indices, or raw ``offsets [B, T, 2]``). Returns a dict with ``logits
+        ``patch_policy``: "learned" (argmax of pi, or a draw when ``sample``), "random", "centre", "gaussian",
+        "given" (``actions [B, T]`` grid indices, or raw ``offsets [B, T, 2]``), or "none" (glance only: f_L never
+        runs, e_L-bar is zero). Returns a dict with ``logits
         [B, T, K]``, ``actions [B, T]`` (None unless on the grid), ``offsets [B, T, 2]``, ``policy_logits
         [B, T, A]`` and ``values [B, T]`` (None for non-learned policies), ``glance_features [B, T, F_G]``,
         ``local_features [B, T, F_L]``.
+
+        AdaFocus+ (Sec. 3.3): ``keep [B, T]`` (bool) gives b_t directly; otherwise, with a pi' and a
+        ``keep_threshold`` rho, b_t = [p_t^B >= rho]. Skipped frames are not cropped and never reach f_L; their e_L-bar
+        is zero. The dict then also has ``keep [B, T]``, ``skip_logits`` and ``skip_values`` ``[B, T]``.
+        ``batch_keep_ratio`` eta (training): keep the top eta of this batch's p_t^B (rho solved on the batch).
         """
         if patch_policy not in PATCH_POLICIES:
             raise ValueError(f"patch_policy must be one of {PATCH_POLICIES}, got {patch_policy!r}")
@@ -218,6 +260,11 @@ class AdaFocusNet(nn.Module):
         glance_features = glance_maps.mean(dim=(-2, -1))
 
         policy_logits = values = None
+        if patch_policy == "none":
+            local_features = glance_features.new_zeros(batch, steps, self.local.num_features)
+            return {"logits": self.classify(glance_features, local_features), "actions": None, "offsets": None,
+                    "policy_logits": None, "values": None, "glance_features": glance_features,
+                    "local_features": local_features, "keep": None, "skip_logits": None, "skip_values": None}
         if patch_policy == "learned":
             policy_logits, values = self.policy_rollout(glance_maps)
             actions = self.select_actions(policy_logits, sample=sample, generator=generator)
@@ -231,7 +278,20 @@ class AdaFocusNet(nn.Module):
             actions = None
             offsets = self.fixed_offsets(patch_policy, batch, steps, frames.device, generator)
 
-        local_features = self.local_features(self.crop(frames, offsets))
+        skip_logits = skip_values = None
+        if self.skip_policy is not None:
+            skip_logits, skip_values = self.skip_rollout(glance_maps)
+            if keep is None and keep_threshold is not None:
+                keep = torch.sigmoid(skip_logits.float()) >= keep_threshold
+            elif keep is None and batch_keep_ratio is not None:
+                keep = batch_keep_mask(torch.sigmoid(skip_logits.detach().float()), batch_keep_ratio)
+        elif keep_threshold is not None or batch_keep_ratio is not None:
+            raise ValueError("keep_threshold needs AdaFocus+'s skip policy pi' (model.skip_policy=true)")
+        if keep is None:
+            local_features = self.local_features(self.crop(frames, offsets))
+        else:
+            keep = keep.to(device=frames.device, dtype=torch.bool)
+            local_features = self.kept_local_features(frames, offsets, keep)
         logits = self.classify(glance_features, local_features)
         return {
             "logits": logits,
@@ -241,6 +301,9 @@ class AdaFocusNet(nn.Module):
             "values": values,
             "glance_features": glance_features,
             "local_features": local_features,
+            "keep": keep,
+            "skip_logits": skip_logits,
+            "skip_values": skip_values,
         }
 
     def online(self, **kwargs) -> OnlineAdaFocus:
@@ -261,16 +324,20 @@ class OnlineAdaFocus:
         patch_policy: str = "learned",
         sample: bool = False,
         generator: torch.Generator | None = None,
+        keep_threshold: float | None = None,
     ):
-        if patch_policy not in PATCH_POLICIES or patch_policy == "given":
+        if patch_policy not in PATCH_POLICIES or patch_policy in ("given", "none"):
             raise ValueError(f"online patch_policy must be learned/random/centre/gaussian, got {patch_policy!r}")
+        if keep_threshold is not None and not net.has_skip_policy:
+            raise ValueError("keep_threshold needs AdaFocus+'s skip policy pi' (model.skip_policy=true)")
         self.net, self.patch_policy, self.sample, self.generator = net, patch_policy, sample, generator
+        self.keep_threshold = keep_threshold
         self.reset()
 
     def reset(self, batch_size: int | None = None) -> None:
         """Start a new clip: zero pi's and f_C's hidden states (built at the first step when no batch size)."""
-        self.policy_state = self.classifier_state = None
-        self.last_actions = self.last_offsets = None
+        self.policy_state = self.classifier_state = self.skip_state = None
+        self.last_actions = self.last_offsets = self.last_keep = None
         self.steps = 0
         if batch_size is not None:
             device = self.net.grid.device
@@ -292,7 +359,13 @@ class OnlineAdaFocus:
         else:
             offsets = net.fixed_offsets(self.patch_policy, frame.shape[0], 1, frame.device, self.generator)[:, 0]
         self.last_offsets = offsets
-        local_features = net.local_features(net.crop(frames, offsets[:, None]))[:, 0]
+        if self.keep_threshold is None:
+            local_features = net.local_features(net.crop(frames, offsets[:, None]))[:, 0]
+        else:  # AdaFocus+: pi' steps on the same e_G; f_L runs only where p_t^B >= rho
+            skip_logit, _, self.skip_state = net.skip_policy.step(glance_maps[:, 0], self.skip_state)
+            keep = torch.sigmoid(skip_logit.squeeze(-1).float()) >= self.keep_threshold
+            local_features = net.kept_local_features(frames, offsets[:, None], keep[:, None])[:, 0]
+            self.last_keep = keep
         inputs = net.classifier_inputs(glance_features, local_features)
         logits, self.classifier_state = net.classifier.step(inputs, self.classifier_state)
         self.steps += 1

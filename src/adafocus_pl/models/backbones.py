@@ -85,7 +85,7 @@ class TinyGlance(Backbone):
 
 
 class TinyLocal(Backbone):
-    """Small local CNN for 32x32 patches: 4 conv blocks (~130k parameters), 128 x 4 x 4 map at 32."""
+    """Small local CNN for 32x32 patches: 4 conv blocks, the last width x 4 x 4 map at 32 (the synthetic f_L)."""
 
     def __init__(self, widths: Sequence[int] = (32, 64, 64, 128), strides: Sequence[int] = (1, 2, 2, 2)):
         super().__init__()

@@ -52,14 +52,18 @@ def grid_offsets(grid_size: int, frame_hw: FrameSize, patch_size: int) -> Tensor
     return torch.stack([grid_y.reshape(-1), grid_x.reshape(-1)], dim=1)
 
 
-def crop_patches(frames: Tensor, offsets: Tensor, patch_size: int, check: bool = True) -> Tensor:
+def crop_patches(
+    frames: Tensor, offsets: Tensor, patch_size: int, check: bool = True, frame_index: Tensor | None = None
+) -> Tensor:
     """Crop ``frames [N, C, H, W]`` at ``offsets [N, 2]`` (long, top-left y, x) -> ``[N, C, P, P]``.
 
     One batched gather on the flattened frames, equal to ``frames[i, :, y:y+P, x:x+P]`` for every ``i``.
-    ``check`` validates the offsets' range (skipped while tracing).
+    ``check`` validates the offsets' range (skipped while tracing). With ``frame_index [M]`` only those frames are
+    cropped (``offsets [M, 2]``, result ``[M, C, P, P]``), without copying the other frames (AdaFocus+ skipping).
     """
-    n, channels, height, width = frames.shape
+    total, channels, height, width = frames.shape
     check_patch_size((height, width), patch_size)
+    n = total if frame_index is None else int(frame_index.numel())
     if offsets.shape != (n, 2):
         raise ValueError(f"offsets must have shape [{n}, 2], got {list(offsets.shape)}")
     offsets = offsets.long()
@@ -74,8 +78,13 @@ def crop_patches(frames: Tensor, offsets: Tensor, patch_size: int, check: bool =
     rows = offsets[:, 0, None] + steps  # [N, P]
     cols = offsets[:, 1, None] + steps  # [N, P]
     flat_index = (rows[:, :, None] * width + cols[:, None, :]).reshape(n, 1, patch_size * patch_size)
-    patches = frames.reshape(n, channels, height * width).gather(2, flat_index.expand(n, channels, -1))
-    return patches.reshape(n, channels, patch_size, patch_size)
+    if frame_index is None:
+        patches = frames.reshape(n, channels, height * width).gather(2, flat_index.expand(n, channels, -1))
+        return patches.reshape(n, channels, patch_size, patch_size)
+    # index into the whole [N*C*H*W] buffer: frame i's channel c starts at (i*C + c)*H*W
+    starts = (frame_index.to(frames.device).long()[:, None] * channels + torch.arange(channels, device=frames.device))
+    flat = (starts[:, :, None] * (height * width) + flat_index).reshape(-1)
+    return frames.reshape(-1).take(flat).reshape(n, channels, patch_size, patch_size)
 
 
 def random_offsets(

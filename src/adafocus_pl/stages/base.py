@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
 from adafocus_pl.models.adafocus import AdaFocusNet
 
-NET_PARTS = ("glance", "policy", "local", "classifier")
+NET_PARTS = ("glance", "policy", "skip_policy", "local", "classifier")  # skip_policy: AdaFocus+'s pi' (or None)
 # the network settings that must agree between a checkpoint and the run that loads it
 SHAPE_KEYS = ("num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size", "classifier")
 
@@ -43,10 +43,12 @@ class StageModule(pl.LightningModule):
             raise ValueError(f"stage.module.trainable has unknown parts {unknown}; choose from {list(NET_PARTS)}")
         self.save_hyperparameters()
         self.net = AdaFocusNet(**net)
+        if "skip_policy" in trainable and not self.net.has_skip_policy:
+            trainable = [part for part in trainable if part != "skip_policy"]  # AdaFocus: no pi' to train
         if channels_last:  # NHWC convolutions: ~1.5-2x faster on CPUs and tensor cores
             self.net.to(memory_format=torch.channels_last)
         self.trainable = list(trainable)
-        self.frozen = [part for part in NET_PARTS if part not in self.trainable]
+        self.frozen = [part for part in NET_PARTS if part not in self.trainable and getattr(self.net, part) is not None]
         # freeze here, before Lightning wraps the module in DDP (ecosystem pitfall #10)
         for part in self.frozen:
             getattr(self.net, part).requires_grad_(False)
@@ -64,6 +66,18 @@ class StageModule(pl.LightningModule):
     def _frozen_to_eval(self) -> None:
         for part in self.frozen:
             getattr(self.net, part).eval()
+
+    uses_local = True  # False for the glance-only baseline (f_L never runs)
+
+    def on_fit_start(self) -> None:
+        # every run logs what one video costs (T frames; f_L on every frame, pi' counted for AdaFocus+)
+        frames = getattr(self.trainer.datamodule, "num_segments", None)
+        if frames and self.loggers and self.trainer.is_global_zero:
+            from adafocus_pl.evaluation.flops import net_gflops_per_video
+
+            gflops = net_gflops_per_video(self.net, frames, use_local=self.uses_local)
+            for logger in self.loggers:
+                logger.log_metrics({"model/gflops_per_video": gflops}, step=0)
 
     def on_train_epoch_start(self) -> None:
         # Lightning restores the module modes it captured around validation rather than calling train(), so
@@ -99,6 +113,18 @@ class StageModule(pl.LightningModule):
         own = self.net.state_dict()
         bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
         missing = sorted(set(own) - set(state))
+        fresh_skip = [k for k in missing if k.startswith("skip_policy.")]
+        if fresh_skip and "skip_policy" in self.trainable and not theirs.get("skip_policy"):
+            # AdaFocus+: pi' is new in Stage II (Sec. 3.3) and starts from scratch beside the loaded parts
+            missing = [k for k in missing if not k.startswith("skip_policy.")]
+            state.update({k: own[k] for k in fresh_skip})
+        elif fresh_skip:
+            raise ValueError(
+                f"{path} has no AdaFocus+ skip policy pi', which this stage needs trained: point init_from at a "
+                f"Stage II checkpoint trained with plus=on, or run with plus=off.")
+        extra = sorted(k for k in set(state) - set(own) if k.startswith("skip_policy."))
+        if extra:
+            raise ValueError(f"{path} is an AdaFocus+ checkpoint (it has pi'); run with plus=on to use it.")
         if bad or missing:
             raise ValueError(f"{path} does not fit this network: shape mismatches {bad[:5]}, missing keys {missing[:5]}")
         self.net.load_state_dict(state)
@@ -129,6 +155,8 @@ class StageModule(pl.LightningModule):
         if out.get("offsets") is not None and "boxes" in batch:
             hit, coverage = patch_box_overlap(out["offsets"], self.net.patch_size, batch["boxes"])
             record["hit"], record["coverage"] = hit.mean(1), coverage.mean(1)
+        if out.get("keep") is not None:  # AdaFocus+: the share of frames that ran f_L
+            record["keep"] = out["keep"].float().mean(1)
         self._eval_outputs.append(record)
 
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
@@ -146,6 +174,8 @@ class StageModule(pl.LightningModule):
         if "hit" in merged:
             metrics[f"{split}/hit_rate"] = merged["hit"].mean().item()
             metrics[f"{split}/coverage"] = merged["coverage"].mean().item()
+        if "keep" in merged:
+            metrics[f"{split}/keep_fraction"] = merged["keep"].mean().item()
         if split == "val" and not self.trainer.sanity_checking:
             self.best_top1 = max(self.best_top1, metrics["val/top1"])
             metrics["val/top1_best"] = self.best_top1

@@ -3,17 +3,22 @@
 Per batch: f_G runs once over all frames; pi samples a patch per frame from its categorical over the grid; f_L
 sees the policy's patches and one uniformly random patch per frame (both in one batch); f_C steps through time,
 scoring both patches from the same hidden state h_{t-1} while only the policy's patch advances it (Eq. 7).
+
+AdaFocus+ (Sec. 3.3): pi' is trained beside pi, with PPO on a Bernoulli b_t per frame and the reward of Eq. 10.
+f_C also scores the frame with zero local features (b_t = 0) from the same h_{t-1}; the state advances with the
+policy's patch where b_t = 1 and with zeros where b_t = 0. pi keeps its Eq. 7 reward on every frame: it measures
+the patch's value from h_{t-1} whether or not this frame's patch was used (the paper leaves this case open).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Categorical
+from torch.distributions import Bernoulli, Categorical
 
 from adafocus_pl.stages.base import StageModule
 from adafocus_pl.stages.ppo import PPOConfig, ppo_loss, ppo_targets
-from adafocus_pl.stages.rewards import patch_reward
+from adafocus_pl.stages.rewards import patch_reward, skip_reward
 
 
 class PolicyStage(StageModule):
@@ -23,11 +28,14 @@ class PolicyStage(StageModule):
     def __init__(self, net: dict, optimizer: dict, reward: str = "eq7", gamma: float = 0.7, clip: float = 0.2,
                  value_weight: float = 0.5, entropy_weight: float = 0.01, ppo_epochs: int = 1,
                  normalise_returns: bool = True, eval_seed: int = 0, channels_last: bool = True,
-                 trainable: list[str] = ("policy",)) -> None:
-        if list(trainable) != ["policy"]:
-            raise ValueError(f"stage II trains the policy only (paper Sec. 3.2); got trainable={list(trainable)}")
-        super().__init__(net=net, optimizer=optimizer, trainable=["policy"], eval_seed=eval_seed,
+                 trainable: list[str] = ("policy", "skip_policy"), skip_cost: float = 1e-6,
+                 eval_keep_threshold: float = 0.5) -> None:
+        if not set(trainable) <= {"policy", "skip_policy"} or "policy" not in trainable:
+            raise ValueError(f"stage II trains the policies only (paper Sec. 3.2-3.3); got trainable={list(trainable)}")
+        super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
                          channels_last=channels_last)
+        self.skip_cost = skip_cost  # lambda of Eq. 10; the cost of running f_L is lambda * P^2
+        self.eval_keep_threshold = eval_keep_threshold  # validation only: rho is solved later (adafocus_pl.eval)
         self.automatic_optimization = False  # PPO: several passes over one rollout, our own loss
         self.reward_kind = reward
         self.ppo = PPOConfig(gamma=gamma, clip=clip, value_weight=value_weight, entropy_weight=entropy_weight,
@@ -36,8 +44,13 @@ class PolicyStage(StageModule):
 
     @torch.no_grad()
     def rollout_confidences(self, frames: torch.Tensor, glance_maps: torch.Tensor, actions: torch.Tensor,
-                            labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ground-truth confidences ``[B, T]`` with the policy's patches and with one random patch per frame."""
+                            labels: torch.Tensor, keep: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ground-truth confidences ``[B, T]`` with the policy's patches and with one random patch per frame.
+
+        With AdaFocus+'s ``keep [B, T]`` (b_t) also the confidence with zero local features (the frame skipped),
+        each from the same h_{t-1}; h advances with the policy's patch where b_t = 1 and with zeros where b_t = 0.
+        """
         net = self.net
         b, t = actions.shape
         offsets_policy = net.actions_to_offsets(actions)
@@ -47,15 +60,28 @@ class PolicyStage(StageModule):
         local_policy, local_random = local[:b], local[b:]
         glance = glance_maps.mean(dim=(-2, -1))
         state = net.classifier.init_state(b, frames.device)
-        conf_policy, conf_random = [], []
+        zeros = local_policy.new_zeros(local_policy[:, 0].shape)
+
+        def confidence(logits: torch.Tensor) -> torch.Tensor:
+            return F.softmax(logits.float(), 1).gather(1, labels[:, None]).squeeze(1)
+
+        conf_policy, conf_random, conf_skip = [], [], []
         for step in range(t):
             x_policy = net.classifier_inputs(glance[:, step], local_policy[:, step])
             x_random = net.classifier_inputs(glance[:, step], local_random[:, step])
             logits_random, _ = net.classifier.step(x_random, state)  # same h_{t-1}, not advanced
-            logits_policy, state = net.classifier.step(x_policy, state)
-            conf_policy.append(F.softmax(logits_policy.float(), 1).gather(1, labels[:, None]).squeeze(1))
-            conf_random.append(F.softmax(logits_random.float(), 1).gather(1, labels[:, None]).squeeze(1))
-        return torch.stack(conf_policy, 1), torch.stack(conf_random, 1)
+            logits_policy, state_policy = net.classifier.step(x_policy, state)
+            conf_policy.append(confidence(logits_policy))
+            conf_random.append(confidence(logits_random))
+            if keep is None:
+                state = state_policy
+                continue
+            logits_skip, state_skip = net.classifier.step(net.classifier_inputs(glance[:, step], zeros), state)
+            conf_skip.append(confidence(logits_skip))
+            state = torch.where(keep[:, step, None], state_policy, state_skip)
+        if keep is None:
+            return torch.stack(conf_policy, 1), torch.stack(conf_random, 1)
+        return torch.stack(conf_policy, 1), torch.stack(conf_random, 1), torch.stack(conf_skip, 1)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         frames, labels = batch["frames"], batch["label"]
@@ -65,26 +91,48 @@ class PolicyStage(StageModule):
         dist = Categorical(logits=logits.float())
         actions = dist.sample()
         old_log_probs = dist.log_prob(actions).detach()
-
-        conf_policy, conf_random = self.rollout_confidences(frames, glance_maps, actions, labels)
+        plus = self.net.has_skip_policy
+        if plus:  # Eq. 8: b_t ~ Bernoulli(p_t^B)
+            skip_logits, skip_values = self.net.skip_rollout(glance_maps)
+            skip_dist = Bernoulli(logits=skip_logits.float())
+            keep = skip_dist.sample()
+            old_skip_log_probs = skip_dist.log_prob(keep).detach()
+            keep = keep.bool()
+            conf_policy, conf_random, conf_skip = self.rollout_confidences(frames, glance_maps, actions, labels, keep)
+            skip_rewards = skip_reward(conf_policy, conf_skip, keep, self.skip_cost * self.net.patch_size**2)
+            skip_returns, skip_advantages = ppo_targets(skip_rewards, skip_values, self.ppo)
+        else:
+            conf_policy, conf_random = self.rollout_confidences(frames, glance_maps, actions, labels)
         rewards = patch_reward(self.reward_kind, conf_policy, conf_random, num_classes=self.net.num_classes)
         returns, advantages = ppo_targets(rewards, values, self.ppo)
 
         opt = self.optimizers()
         for epoch in range(self.ppo_epochs):
-            if epoch > 0:  # later PPO epochs re-evaluate the policy on the same rollout
+            if epoch > 0:  # later PPO epochs re-evaluate the policies on the same rollout
                 logits, values = self.net.policy_rollout(glance_maps)
                 dist = Categorical(logits=logits.float())
+                if plus:
+                    skip_logits, skip_values = self.net.skip_rollout(glance_maps)
+                    skip_dist = Bernoulli(logits=skip_logits.float())
             losses = ppo_loss(dist.log_prob(actions), old_log_probs, advantages, values.float(), returns,
                               dist.entropy(), self.ppo)
+            loss = losses["loss"]
+            if plus:
+                skip_losses = ppo_loss(skip_dist.log_prob(keep.float()), old_skip_log_probs, skip_advantages,
+                                       skip_values.float(), skip_returns, skip_dist.entropy(), self.ppo)
+                loss = loss + skip_losses["loss"]
             opt.zero_grad()
-            self.manual_backward(losses["loss"])
+            self.manual_backward(loss)
             opt.step()
-        self.log_dict({
-            "train/loss": losses["loss"], "train/policy_loss": losses["policy_loss"],
+        logged = {
+            "train/loss": loss, "train/policy_loss": losses["policy_loss"],
             "train/value_loss": losses["value_loss"], "train/entropy": losses["entropy"],
             "train/reward": rewards.mean(), "train/confidence": conf_policy.mean(),
-        }, prog_bar=False)
+        }
+        if plus:
+            logged.update({"train/skip_reward": skip_rewards.mean(), "train/keep_fraction": keep.float().mean(),
+                           "train/skip_entropy": skip_losses["entropy"]})
+        self.log_dict(logged, prog_bar=False)
 
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()
@@ -92,4 +140,5 @@ class PolicyStage(StageModule):
             schedulers.step()
 
     def eval_forward(self, frames, generator):
-        return self.net(frames, patch_policy="learned", sample=False)
+        threshold = self.eval_keep_threshold if self.net.has_skip_policy else None
+        return self.net(frames, patch_policy="learned", sample=False, keep_threshold=threshold)

@@ -35,3 +35,13 @@ def patch_reward(
         previous = torch.cat([prior, conf_policy[:, :-1]], dim=1)
         return conf_policy - previous
     raise ValueError(f"unknown reward {kind!r}: choose one of {', '.join(REWARDS)} (config key stage.module.reward)")
+
+
+def skip_reward(conf_keep: torch.Tensor, conf_skip: torch.Tensor, keep: torch.Tensor, cost: float) -> torch.Tensor:
+    """AdaFocus+'s reward for pi' (paper Eq. 10), ``[B, T]``.
+
+    r'_t = p'_ty(b_1..b_{t-1}, 1) - p'_ty(b_1..b_{t-1}, 0) - lambda * P^2 where b_t = 1 (the frame ran f_L), else 0.
+    ``conf_keep`` / ``conf_skip``: the ground-truth confidence from the same h_{t-1} with the policy's patch /
+    with zero local features; ``cost`` = lambda * P^2.
+    """
+    return torch.where(keep.bool(), conf_keep - conf_skip - cost, torch.zeros_like(conf_keep))

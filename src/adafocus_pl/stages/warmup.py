@@ -15,6 +15,7 @@ class WarmupStage(StageModule):
 
     def __init__(self, net: dict, optimizer: dict, trainable: list[str] = ("glance", "local", "classifier"),
                  eval_seed: int = 0, channels_last: bool = True) -> None:
+        net = {**net, "skip_policy": False}  # AdaFocus+'s pi' is born in Stage II (Sec. 3.3)
         super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
                          channels_last=channels_last)
 

@@ -1,0 +1,112 @@
+"""Evaluate a stage checkpoint: ``python -m adafocus_pl.eval ckpt_path=PATH [the training run's overrides...]``.
+
+Writes ``results.json``, ``results.md`` and the figures (accuracy vs GFLOPs, online curve, patches) to
+``eval.out_dir`` (default: ``<checkpoint's run dir>/eval``) and logs them to W&B. The work is done in
+:mod:`adafocus_pl.evaluation.evaluate`; the keys are in ``conf/eval.yaml``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from adafocus_pl.utils.config import compose
+
+USAGE = __doc__
+
+
+def default_out_dir(ckpt_path: Path) -> Path:
+    """``<run dir>/eval`` for ``<run dir>/checkpoints/x.ckpt``, else ``eval`` beside the checkpoint."""
+    parent = ckpt_path.resolve().parent
+    return (parent.parent if parent.name == "checkpoints" else parent) / "eval"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"eval.device={name} but no CUDA device is visible: use eval.device=cpu or auto")
+    return torch.device(name)
+
+
+def log_to_wandb(cfg: DictConfig, result: dict[str, Any], paths: dict[str, Path], out_dir: Path) -> None:
+    """The results table, the online curves and the figures as one W&B run (job type ``eval``)."""
+    if not cfg.eval.wandb or OmegaConf.select(cfg, "logger.wandb") is None:
+        return
+    import wandb
+
+    from adafocus_pl.utils.wandb_run import finish_wandb
+
+    settings = cfg.logger.wandb
+    columns = ["method", "top1", "mAP", "gflops_per_video", "keep_fraction", "hit_rate", "coverage"]
+    try:
+        run = wandb.init(project=settings.project, group=settings.group, job_type="eval",
+                         name=f"eval-{Path(cfg.ckpt_path).stem}-{settings.name}", dir=str(out_dir),
+                         mode="offline" if settings.offline else "online", tags=list(settings.tags),
+                         config={"ckpt_path": str(cfg.ckpt_path), **OmegaConf.to_container(cfg.eval, resolve=True)},
+                         reinit="finish_previous")
+        online = wandb.Table(columns=["method", "frames", "gflops", "top1", "mAP"],
+                             data=[[r["method"], p["frames"], p["gflops"], p["top1"], p["mAP"]]
+                                   for r in result["rows"] for p in r["online"]])
+        run.log({
+            "eval/results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in result["rows"]]),
+            "eval/online": online,
+            **{f"eval/{name}": wandb.Image(str(path)) for name, path in paths.items() if path.suffix == ".png"},
+        })
+        for r in result["rows"]:
+            run.summary[f"eval/{r['method']}/top1"] = r["top1"]
+            run.summary[f"eval/{r['method']}/gflops_per_video"] = r["gflops_per_video"]
+    finally:
+        finish_wandb()
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    from adafocus_pl.evaluation.evaluate import (
+        evaluate_checkpoint,
+        load_checkpoint,
+        results_markdown,
+        write_results,
+    )
+
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    if ckpt.net.num_classes != cfg.data.num_classes:
+        raise ValueError(f"{cfg.ckpt_path} has {ckpt.net.num_classes} classes but data={cfg.data.name} has "
+                         f"{cfg.data.num_classes}: pass the data overrides the checkpoint was trained with")
+    datamodule = instantiate(cfg.data, _recursive_=False, _convert_="all")
+    datamodule.prepare_data()
+    out_dir = Path(cfg.eval.out_dir) if cfg.eval.out_dir else default_out_dir(Path(cfg.ckpt_path))
+    metric = "mAP" if str(cfg.monitor).endswith("mAP") else "top1"
+    result = evaluate_checkpoint(ckpt, datamodule, split=cfg.eval.split, threshold_split=cfg.eval.threshold_split,
+                                 fixed_policies=list(cfg.eval.fixed_policies), keep_ratios=list(cfg.eval.keep_ratios),
+                                 device=resolve_device(cfg.eval.device), seed=cfg.seed)
+    result.update({"checkpoint": str(cfg.ckpt_path), "stage": ckpt.stage, "split": cfg.eval.split,
+                   "experiment": cfg.experiment_name, "frames_per_video": cfg.data.num_segments})
+    title = f"{cfg.experiment_name} P={ckpt.net.patch_size} stage {ckpt.stage}, {cfg.eval.split} split"
+    paths = write_results(result, out_dir, title, metric, mean=list(cfg.data.mean), std=list(cfg.data.std),
+                          patch_figure_videos=cfg.eval.patch_figure_videos)
+    log_to_wandb(cfg, result, paths, out_dir)
+    print(results_markdown(result["rows"], title))
+    print(f"[eval] results and figures in {out_dir}")
+    result["paths"] = {k: str(v) for k, v in paths.items()}
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        print("Keys (conf/eval.yaml):\n" + OmegaConf.to_yaml(compose("eval", ["ckpt_path=PATH"]).eval))
+        return {}
+    cfg = compose("eval", args)
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise SystemExit("python -m adafocus_pl.eval needs ckpt_path=/path/to/stage.ckpt (see --help)")
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

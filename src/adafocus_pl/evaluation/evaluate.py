@@ -1,0 +1,258 @@
+"""The paper's evaluations of one stage checkpoint (the body behind ``python -m adafocus_pl.eval``).
+
+- offline top-1 and mAP from the last step's softmax scores (Sec. 3.4; mAP protocol on the facts page);
+- the online curve: the metric after t of T frames at the cost of t frames (Fig. 6);
+- fixed-policy ablations on the checkpoint's own f_L/f_C (Table 5);
+- AdaFocus+: rho solved on the training split for each kept fraction eta, one row per eta (Sec. 3.3, Fig. 5);
+- GFLOPs per video from the per-component fvcore counts and the frames actually computed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from adafocus_pl.evaluation.flops import component_gflops, gflops_per_video
+from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
+from adafocus_pl.models.adafocus import AdaFocusNet
+from adafocus_pl.models.skipping import solve_keep_thresholds
+
+log = logging.getLogger(__name__)
+
+FIXED_POLICY_NAMES = {"random": "random patches", "centre": "centre patches", "gaussian": "Gaussian patches"}
+
+
+# ------------------------------------------------------------------------------------------------- checkpoint
+@dataclass
+class LoadedCheckpoint:
+    net: AdaFocusNet
+    stage: int
+    patch_policy: str  # the policy the checkpoint's f_L/f_C were trained with
+    path: Path
+    hparams: dict = field(default_factory=dict)
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild the network of an adafocus-pl stage checkpoint (no Lightning needed) in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (give ckpt_path=/path/to/stage.ckpt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "adafocus_stage" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{path} is not an adafocus-pl stage checkpoint (no 'adafocus_stage' entry)")
+    hparams = ckpt["hyper_parameters"]
+    net = AdaFocusNet(**hparams["net"])
+    net.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+    stage = int(ckpt["adafocus_stage"])
+    policy = hparams.get("patch_policy") or ("random" if stage == 1 else "learned")
+    return LoadedCheckpoint(net=net.eval(), stage=stage, patch_policy=policy, path=path, hparams=hparams)
+
+
+# ------------------------------------------------------------------------------------------------- inference
+@dataclass
+class SplitOutputs:
+    """Per-video outputs over a split: ``scores [N, T, K]`` (softmax after each step), ``labels [N]``,
+    ``targets [N, K]``, and where they exist ``keep [N, T]``, ``hit``/``coverage`` ``[N, T]``."""
+
+    scores: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor
+    keep: torch.Tensor | None = None
+    hit: torch.Tensor | None = None
+    coverage: torch.Tensor | None = None
+    first_batch: dict[str, Any] | None = None  # frames, offsets, keep, labels, predictions of the first batch
+
+
+def _batches(loader, datamodule, device, desc: str):
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        yield datamodule.on_after_batch_transfer(batch, 0)
+
+
+@torch.inference_mode()
+def run_split(net: AdaFocusNet, loader, datamodule, device, patch_policy: str, keep_threshold: float | None = None,
+              seed: int = 0, desc: str = "eval") -> SplitOutputs:
+    """Run ``net`` with ``patch_policy`` (and AdaFocus+'s ``keep_threshold`` rho) over a whole split."""
+    generator = torch.Generator(device=device).manual_seed(seed)  # the random baselines are reproducible
+    parts: dict[str, list[torch.Tensor]] = {"scores": [], "labels": [], "targets": [], "keep": [], "hit": [],
+                                            "coverage": []}
+    first = None
+    for batch in _batches(loader, datamodule, device, desc):
+        out = net(batch["frames"], patch_policy=patch_policy, generator=generator, keep_threshold=keep_threshold)
+        scores = F.softmax(out["logits"].float(), dim=-1)
+        parts["scores"].append(scores.cpu())
+        parts["labels"].append(batch["label"].cpu())
+        parts["targets"].append(batch["target"].cpu())
+        if out["keep"] is not None:
+            parts["keep"].append(out["keep"].cpu())
+        if out["offsets"] is not None and "boxes" in batch:
+            hit, coverage = patch_box_overlap(out["offsets"], net.patch_size, batch["boxes"])
+            parts["hit"].append(hit.cpu())
+            parts["coverage"].append(coverage.cpu())
+        if first is None:
+            first = {"frames": batch["frames"].cpu(), "labels": batch["label"].cpu(),
+                     "predictions": scores[:, -1].argmax(-1).cpu(),
+                     "offsets": None if out["offsets"] is None else out["offsets"].cpu(),
+                     "keep": None if out["keep"] is None else out["keep"].cpu()}
+    if not parts["scores"]:
+        raise ValueError("the evaluation split is empty: check the list file of eval.split")
+    cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
+    return SplitOutputs(first_batch=first, **cat)
+
+
+@torch.inference_mode()
+def keep_probabilities(net: AdaFocusNet, loader, datamodule, device, desc: str = "p_t^B") -> torch.Tensor:
+    """AdaFocus+'s p_t^B ``[N, T]`` over a split: f_G and pi' only (f_L never runs)."""
+    probs = []
+    for batch in _batches(loader, datamodule, device, desc):
+        logits, _ = net.skip_rollout(net.glance_maps(batch["frames"]))
+        probs.append(torch.sigmoid(logits.float()).cpu())
+    return torch.cat(probs)
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+def online_metrics(outputs: SplitOutputs, parts: dict[str, float], use_local: bool) -> list[dict[str, float]]:
+    """Fig. 6: top-1 and mAP from the prediction after t frames, t = 1..T, at the cost of those t frames
+    (f_L counted on the frames it actually ran on)."""
+    steps = outputs.scores.shape[1]
+    fixed = gflops_per_video(parts, 1, use_local=use_local, local_fraction=0.0)
+    curve = []
+    for t in range(1, steps + 1):
+        scores = outputs.scores[:, t - 1]
+        local_frames = t if outputs.keep is None else outputs.keep[:, :t].float().sum(1).mean().item()
+        gflops = t * fixed + (parts["local"] * local_frames if use_local else 0.0)
+        curve.append({"frames": t, "gflops": gflops, "top1": top1_accuracy(scores, outputs.labels),
+                      "mAP": mean_average_precision(scores, outputs.targets)})
+    return curve
+
+
+def summarise(method: str, family: str, outputs: SplitOutputs, parts: dict[str, float], use_local: bool,
+              **extra: Any) -> dict[str, Any]:
+    """One results row: offline metrics (last step), GFLOPs per video, patch statistics, the online curve."""
+    keep_fraction = 1.0 if outputs.keep is None else outputs.keep.float().mean().item()
+    row = {
+        "method": method, "family": family, **extra,
+        "top1": top1_accuracy(outputs.scores[:, -1], outputs.labels),
+        "mAP": mean_average_precision(outputs.scores[:, -1], outputs.targets),
+        "gflops_per_video": gflops_per_video(parts, outputs.scores.shape[1], use_local=use_local,
+                                             local_fraction=keep_fraction),
+        "keep_fraction": keep_fraction if use_local else 0.0,
+        "hit_rate": None if outputs.hit is None else outputs.hit.mean().item(),
+        "coverage": None if outputs.coverage is None else outputs.coverage.mean().item(),
+    }
+    row["online"] = online_metrics(outputs, parts, use_local)
+    return row
+
+
+def results_markdown(rows: list[dict[str, Any]], title: str) -> str:
+    def pct(value):
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    lines = [f"# {title}", "",
+             "| method | top-1 (%) | mAP (%) | GFLOPs / video | frames through f_L (%) | patch hit rate (%) | "
+             "target coverage (%) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {pct(r['top1'])} | {pct(r['mAP'])} | {r['gflops_per_video']:.4g} | "
+                     f"{pct(r.get('keep_fraction'))} | {pct(r.get('hit_rate'))} | {pct(r.get('coverage'))} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------- the whole thing
+def evaluate_checkpoint(ckpt: LoadedCheckpoint, datamodule, split: str = "test", threshold_split: str = "train",
+                        fixed_policies: list[str] = ("random", "centre", "gaussian"),
+                        keep_ratios: list[float] = (0.9, 0.7, 0.5), device: str | torch.device = "cpu",
+                        seed: int = 0) -> dict[str, Any]:
+    """All rows for one checkpoint, plus the thresholds, the first batch (for figures) and timings."""
+    net = ckpt.net.to(device)
+    if torch.device(device).type == "cpu":
+        net.to(memory_format=torch.channels_last)
+    all_parts = component_gflops(ckpt.net)
+    plain_parts = {k: v for k, v in all_parts.items() if k != "skip_policy"}  # f_L on every frame: no pi' needed
+    loader = datamodule.eval_dataloader(split)
+    seconds: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    figures: dict[str, dict] = {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        value = fn()
+        seconds[name] = round(time.perf_counter() - start, 2)
+        return value
+
+    main_policy = ckpt.patch_policy
+    if main_policy == "none":
+        out = timed("glance only", lambda: run_split(net, loader, datamodule, device, "none", seed=seed,
+                                                    desc="glance only"))
+        rows.append(summarise("glance only", "glance only", out, plain_parts, use_local=False, patch_policy="none"))
+    else:
+        name = "AdaFocus (learned policy)" if main_policy == "learned" else FIXED_POLICY_NAMES[main_policy]
+        family = "AdaFocus" if main_policy == "learned" else name
+        out = timed(name, lambda: run_split(net, loader, datamodule, device, main_policy, seed=seed, desc=name))
+        rows.append(summarise(name, family, out, plain_parts, use_local=True, patch_policy=main_policy))
+        figures["main"] = out.first_batch
+        for policy in fixed_policies:
+            if policy == main_policy:
+                continue
+            label = f"{FIXED_POLICY_NAMES[policy]} (same weights)"
+            fixed = timed(label, lambda p=policy, lbl=label: run_split(net, loader, datamodule, device, p, seed=seed,
+                                                                      desc=lbl))
+            rows.append(summarise(label, FIXED_POLICY_NAMES[policy], fixed, plain_parts, use_local=True,
+                                  patch_policy=policy))
+
+    thresholds: dict[float, float] = {}
+    if ckpt.net.has_skip_policy and main_policy != "none":
+        probs = timed(f"rho on {threshold_split}", lambda: keep_probabilities(
+            net, datamodule.eval_dataloader(threshold_split), datamodule, device, desc=f"p_t^B ({threshold_split})"))
+        thresholds = solve_keep_thresholds(probs, keep_ratios)
+        for eta, rho in thresholds.items():
+            label = f"AdaFocus+ (eta={eta:g})"
+            out = timed(label, lambda r=rho, lbl=label: run_split(net, loader, datamodule, device, main_policy,
+                                                                 keep_threshold=r, seed=seed, desc=lbl))
+            rows.append(summarise(label, "AdaFocus+", out, all_parts, use_local=True, patch_policy=main_policy,
+                                  keep_ratio=eta, keep_threshold=rho,
+                                  keep_fraction_on_threshold_split=(probs >= rho).float().mean().item()))
+            figures[f"eta={eta:g}"] = out.first_batch
+    return {"rows": rows, "patch_size": ckpt.net.patch_size, "keep_thresholds": {str(k): v for k, v in thresholds.items()}, "figures": figures,
+            "component_gflops": all_parts, "seconds": seconds}
+
+
+def write_results(result: dict[str, Any], out_dir: Path, title: str, metric: str, mean, std,
+                  patch_figure_videos: int = 4) -> dict[str, Path]:
+    """results.json / results.md and the three figures (Fig. 5, 6, 7 styles); returns the written paths."""
+    from adafocus_pl.evaluation.plots import plot_accuracy_vs_gflops, plot_online_curve, plot_patches
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "md": out_dir / "results.md"}
+    serialisable = {k: v for k, v in result.items() if k != "figures"}
+    paths["json"].write_text(json.dumps(serialisable, indent=2))
+    paths["md"].write_text(results_markdown(result["rows"], title))
+    unit = "top-1 (%)" if metric == "top1" else "mAP (%)"
+    points = [{"family": r["family"], "gflops": r["gflops_per_video"], "value": 100 * r[metric],
+               "label": f"η={r['keep_ratio']:g}" if "keep_ratio" in r else None} for r in result["rows"]]
+    paths["accuracy_vs_gflops"] = plot_accuracy_vs_gflops(points, out_dir / "accuracy_vs_gflops.png", metric=unit,
+                                                          title=title)
+    curves = {r["method"]: [(p["gflops"], 100 * p[metric]) for p in r["online"]] for r in result["rows"]}
+    paths["online"] = plot_online_curve(curves, out_dir / "online.png", metric=unit, title=f"{title}: online")
+    # Fig. 7: the patches of the main row, and where AdaFocus+ skipped frames at the smallest eta
+    figures = result["figures"]
+    for key, name in (("main", "patches.png"), (next((k for k in reversed(list(figures)) if k != "main"), None),
+                                                "patches_plus.png")):
+        batch = figures.get(key) if key else None
+        if not batch or batch.get("offsets") is None:
+            continue
+        n = min(patch_figure_videos, batch["frames"].shape[0])
+        titles = [f"label {int(y)} → predicted {int(p)}" for y, p in zip(batch["labels"][:n], batch["predictions"][:n],
+                                                                       strict=True)]
+        keep = None if batch.get("keep") is None else batch["keep"][:n]
+        paths[name.removesuffix(".png")] = plot_patches(batch["frames"][:n], batch["offsets"][:n], result["patch_size"],
+                                                        out_dir / name, keep=keep, titles=titles, mean=mean, std=std)
+    return paths

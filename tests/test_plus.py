@@ -1,0 +1,195 @@
+"""AdaFocus+ (paper Sec. 3.3): rho solving, skipped frames never reaching f_L, the Eq. 10 reward, and the
+Stage II+ -> III+ -> eval chain on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adafocus_pl.eval import run as run_eval
+from adafocus_pl.models.adafocus import AdaFocusNet
+from adafocus_pl.models.skipping import batch_keep_mask, solve_keep_threshold, solve_keep_thresholds
+from adafocus_pl.stages.rewards import skip_reward
+from adafocus_pl.stages.runner import run_stage
+from adafocus_pl.utils.config import compose
+from tests.conftest import tiny_overrides
+
+
+def tiny_plus_net(**kwargs) -> AdaFocusNet:
+    torch.manual_seed(0)
+    return AdaFocusNet(
+        num_classes=5, patch_size=32, frame_size=96, glance_backbone="tiny_glance", local_backbone="tiny_local",
+        glance_kwargs={"widths": [8, 16, 16]}, local_kwargs={"widths": [8, 16, 16, 32]}, policy_conv_channels=4,
+        policy_hidden=32, classifier_hidden=32, dropout=0.0, skip_policy=True, **kwargs,
+    ).eval()
+
+
+# ------------------------------------------------------------------------------------------------ rho
+@pytest.mark.parametrize("eta", [0.9, 0.7, 0.5, 0.25, 1.0])
+def test_rho_keeps_exactly_the_top_eta_of_the_frames_it_was_solved_on(eta):
+    probs = torch.rand(300, 16, generator=torch.Generator().manual_seed(1))
+    rho = solve_keep_threshold(probs, eta)
+    kept = probs >= rho
+    assert int(kept.sum()) == round(eta * probs.numel())
+    assert probs[kept].min() >= probs[~kept].max() if (~kept).any() else True  # the kept ones are the top ones
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 400), eta=st.floats(0.01, 1.0), seed=st.integers(0, 10_000))
+def test_rho_property_any_size_and_eta(n, eta, seed):
+    probs = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).float()
+    probs = probs + torch.arange(n) * 1e-7  # distinct values (float32 draws can tie)
+    kept = probs >= solve_keep_threshold(probs, eta)
+    assert int(kept.sum()) == min(n, max(1, round(eta * n)))
+
+
+def test_rho_rejects_bad_eta_and_empty_sets():
+    with pytest.raises(ValueError, match="keep ratio"):
+        solve_keep_threshold(torch.rand(10), 0.0)
+    with pytest.raises(ValueError, match="keep ratio"):
+        solve_keep_threshold(torch.rand(10), 1.5)
+    with pytest.raises(ValueError, match="empty"):
+        solve_keep_threshold(torch.rand(0), 0.5)
+
+
+def test_smaller_eta_gives_a_higher_threshold_and_batch_mask_matches():
+    probs = torch.rand(64, 8, generator=torch.Generator().manual_seed(2))
+    rhos = solve_keep_thresholds(probs, [0.9, 0.7, 0.5])
+    assert rhos[0.9] < rhos[0.7] < rhos[0.5]
+    assert int(batch_keep_mask(probs, 0.5).sum()) == 256
+
+
+# ------------------------------------------------------------------------------------------------ the network
+def test_skipped_frames_never_reach_the_local_cnn():
+    net = tiny_plus_net()
+    frames = torch.randn(2, 4, 3, 96, 96)
+    keep = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    seen: list[torch.Tensor] = []
+    hook = net.local.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    with torch.no_grad():
+        out = net(frames, keep=keep)
+        full = net(frames, patch_policy="given", offsets=out["offsets"])
+    hook.remove()
+    # one f_L call with exactly the 3 kept patches, in order, equal to the crops of those frames
+    assert len(seen) == 2 and seen[0].shape[0] == 3
+    expected = torch.stack([frames[b, t, :, y:y + 32, x:x + 32] for b, t in keep.nonzero().tolist()
+                            for y, x in [out["offsets"][b, t].tolist()]])
+    assert torch.equal(seen[0], expected)
+    assert torch.count_nonzero(out["local_features"][~keep]) == 0
+    torch.testing.assert_close(out["local_features"][keep], full["local_features"][keep])
+
+
+def test_keep_all_frames_equals_plain_adafocus_and_nothing_kept_skips_f_l_entirely():
+    net = tiny_plus_net()
+    frames = torch.randn(2, 3, 3, 96, 96)
+    calls = []
+    net.local.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        plain = net(frames)
+        all_kept = net(frames, keep=torch.ones(2, 3, dtype=torch.bool))
+        calls.clear()
+        none_kept = net(frames, keep=torch.zeros(2, 3, dtype=torch.bool))
+    assert torch.equal(plain["logits"], all_kept["logits"])
+    assert calls == [] and torch.count_nonzero(none_kept["local_features"]) == 0
+
+
+def test_threshold_keeps_frames_by_p_and_online_matches_offline():
+    net = tiny_plus_net()
+    frames = torch.randn(3, 5, 3, 96, 96)
+    with torch.no_grad():
+        probs = torch.sigmoid(net(frames)["skip_logits"])
+        rho = float(probs.median())
+        offline = net(frames, keep_threshold=rho)
+        online = net.online(keep_threshold=rho)
+        steps = [online.step(frames[:, t]) for t in range(5)]
+    assert torch.equal(offline["keep"], probs >= rho)
+    torch.testing.assert_close(torch.stack(steps, 1), offline["logits"])
+
+
+def test_keep_threshold_without_skip_policy_is_a_clear_error():
+    net = tiny_plus_net()
+    plain = AdaFocusNet(num_classes=5, patch_size=32, frame_size=96, glance_backbone="tiny_glance",
+                        local_backbone="tiny_local", policy_hidden=16, classifier_hidden=16)
+    assert net.has_skip_policy and not plain.has_skip_policy
+    with pytest.raises(ValueError, match="skip_policy"):
+        plain(torch.randn(1, 2, 3, 96, 96), keep_threshold=0.5)
+
+
+# ------------------------------------------------------------------------------------------------ Eq. 10
+def test_eq10_reward_by_hand():
+    conf_keep = torch.tensor([[0.6, 0.9, 0.5]])
+    conf_skip = torch.tensor([[0.2, 0.88, 0.7]])
+    keep = torch.tensor([[True, True, False]])
+    reward = skip_reward(conf_keep, conf_skip, keep, cost=1e-6 * 32**2)
+    # kept: gain - lambda P^2 = 0.4 - 0.001024 and 0.02 - 0.001024; skipped: 0
+    torch.testing.assert_close(reward, torch.tensor([[0.398976, 0.018976, 0.0]]))
+
+
+# ------------------------------------------------------------------------------------------------ the chain
+@pytest.fixture(scope="module")
+def plus_chain(tiny_synthetic, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("plus_logs")
+
+    def make(*overrides, config="train"):
+        return compose(config, tiny_overrides(tiny_synthetic, logs) + list(overrides))
+
+    dirs = {}
+    for name, overrides in (("stage1", ["stage=stage1"]), ("stage2_plus", ["stage=stage2", "plus=on"]),
+                            ("stage3_plus", ["stage=stage3", "plus=on"])):
+        cfg = make(*overrides)
+        run_stage(cfg)
+        dirs[name] = Path(cfg.paths.output_dir)
+    return dirs, make
+
+
+def test_plus_runs_in_their_own_directories_and_stage2_trains_only_the_policies(plus_chain):
+    dirs, _ = plus_chain
+    assert dirs["stage2_plus"].parts[-3] == "stage2_plus" and dirs["stage3_plus"].parts[-3] == "stage3_plus"
+    s1 = torch.load(dirs["stage1"] / "checkpoints" / "last.ckpt", weights_only=False)
+    s2 = torch.load(dirs["stage2_plus"] / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not any(k.startswith("net.skip_policy.") for k in s1["state_dict"])  # pi' is born in Stage II
+    assert s2["hyper_parameters"]["net"]["skip_policy"] is True
+    for key, value in s1["state_dict"].items():  # f_G, f_L, f_C frozen
+        if not key.startswith("net.policy."):
+            assert torch.equal(value, s2["state_dict"][key]), key
+    metrics = json.loads((dirs["stage3_plus"] / "metrics.json").read_text())
+    assert 0.0 < metrics["test/keep_fraction"] <= 1.0
+    s3 = torch.load(dirs["stage3_plus"] / "checkpoints" / "last.ckpt", weights_only=False)
+    assert 0.0 < s3["adafocus_keep_threshold"]["threshold"] < 1.0
+
+
+def test_plus_stage3_from_a_plain_stage2_is_a_clear_error(plus_chain, tmp_path):
+    dirs, make = plus_chain
+    plain_s2 = make("stage=stage2", f"paths.log_dir={tmp_path}",
+                    f"init_from={dirs['stage1'] / 'checkpoints' / 'last.ckpt'}")
+    run_stage(plain_s2)
+    cfg = make("stage=stage3", "plus=on", f"init_from={Path(plain_s2.paths.output_dir) / 'checkpoints/last.ckpt'}",
+               f"paths.log_dir={tmp_path}")
+    with pytest.raises(ValueError, match="plus=on"):
+        run_stage(cfg)
+
+
+def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(plus_chain, tmp_path):
+    dirs, make = plus_chain
+    cfg = make("plus=on", f"ckpt_path={dirs['stage3_plus'] / 'checkpoints' / 'last.ckpt'}",
+               f"eval.out_dir={tmp_path / 'eval'}", "eval.keep_ratios=[0.9,0.5]", "eval.wandb=false", config="eval")
+    result = run_eval(cfg)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) >= {"AdaFocus (learned policy)", "AdaFocus+ (eta=0.9)", "AdaFocus+ (eta=0.5)",
+                         "random patches (same weights)", "centre patches (same weights)"}
+    for eta in (0.9, 0.5):
+        row = rows[f"AdaFocus+ (eta={eta:g})"]
+        # rho solved on the training split keeps exactly eta of its frames (up to rounding of 24 videos x 8)
+        assert abs(row["keep_fraction_on_threshold_split"] - eta) < 1 / (24 * 8) + 1e-9
+        assert len(row["online"]) == 8
+    assert rows["AdaFocus+ (eta=0.5)"]["gflops_per_video"] < rows["AdaFocus+ (eta=0.9)"]["gflops_per_video"]
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [r["method"] for r in saved["rows"]] == [r["method"] for r in result["rows"]]
+    for name in ("accuracy_vs_gflops.png", "online.png", "patches.png", "patches_plus.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 1000, name
+    assert "| AdaFocus+ (eta=0.5) |" in (tmp_path / "eval" / "results.md").read_text()
