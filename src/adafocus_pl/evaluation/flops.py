@@ -100,8 +100,8 @@ def component_gflops(net: AdaFocusNet) -> dict[str, float]:
         }
         skip_policy = getattr(net, "skip_policy", None)
         if skip_policy is not None:
-            parts["skip_policy"] = count_gflops(skip_policy, _policy_decision, glance_map,
-                                           skip_policy.init_state(1, device))
+            skip_state = skip_policy.init_state(1, device)
+            parts["skip_policy"] = count_gflops(skip_policy, _policy_decision, glance_map, skip_state)
     finally:
         for module, training in modes.items():
             module.training = training
