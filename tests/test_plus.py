@@ -157,6 +157,8 @@ def test_plus_runs_in_their_own_directories_and_stage2_trains_only_the_policies(
     for key, value in s1["state_dict"].items():  # f_G, f_L, f_C frozen
         if not key.startswith("net.policy."):
             assert torch.equal(value, s2["state_dict"][key]), key
+    logged = (next((dirs["stage2_plus"] / "csv").glob("version_*/metrics.csv"))).read_text()
+    assert "model/gflops_per_video" in logged.splitlines()[0]  # every run logs its cost
     metrics = json.loads((dirs["stage3_plus"] / "metrics.json").read_text())
     assert 0.0 < metrics["test/keep_fraction"] <= 1.0
     s3 = torch.load(dirs["stage3_plus"] / "checkpoints" / "last.ckpt", weights_only=False)
@@ -177,7 +179,7 @@ def test_plus_stage3_from_a_plain_stage2_is_a_clear_error(plus_chain, tmp_path):
 def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(plus_chain, tmp_path):
     dirs, make = plus_chain
     cfg = make("plus=on", f"ckpt_path={dirs['stage3_plus'] / 'checkpoints' / 'last.ckpt'}",
-               f"eval.out_dir={tmp_path / 'eval'}", "eval.keep_ratios=[0.9,0.5]", "eval.wandb=false", config="eval")
+               f"eval.out_dir={tmp_path / 'eval'}", "eval.keep_ratios=[0.9,0.5]", "logger=default", config="eval")
     result = run_eval(cfg)
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) >= {"AdaFocus (learned policy)", "AdaFocus+ (eta=0.9)", "AdaFocus+ (eta=0.5)",
@@ -193,3 +195,10 @@ def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(pl
     for name in ("accuracy_vs_gflops.png", "online.png", "patches.png", "patches_plus.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 1000, name
     assert "| AdaFocus+ (eta=0.5) |" in (tmp_path / "eval" / "results.md").read_text()
+    # the table and figures went to an offline W&B run (job type eval) in the output directory
+    runs = list((tmp_path / "eval" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 1000
+    media = runs[0].parent / "files" / "media"
+    assert len(list((media / "images" / "eval").glob("*.png"))) == 4
+    table = json.loads(next((media / "table" / "eval").glob("results_*.table.json")).read_text())
+    assert [r[0] for r in table["data"]] == [r["method"] for r in result["rows"]]
