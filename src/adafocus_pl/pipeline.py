@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> Path:
             result = evaluate_run(overrides, directory / "checkpoints" / "last.ckpt")
             timings[f"eval {run.method}"] = time.perf_counter() - t0
             for row in result["rows"]:
-                if "plus=on" in run.overrides and "keep_ratio" not in row:
-                    row["method"] = "AdaFocus+ network, f_L on every frame"
+                if "plus=on" in run.overrides and "keep_ratio" not in row:  # the eta = 1 end of the AdaFocus+ curve
+                    row.update(method="AdaFocus+ network, f_L on every frame", family="AdaFocus+", keep_ratio=1.0)
                 rows.append({**row, "run_dir": str(directory)})
             eval_dirs.append(result["paths"]["md"])
             continue
