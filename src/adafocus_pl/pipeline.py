@@ -77,32 +77,6 @@ def run_stage_process(overrides: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def results_table(rows: list[dict]) -> str:
-    head = ("| method | top-1 (%) | mAP (%) | GFLOPs / video | frames through f_L (%) | patch hit rate (%) | "
-            "target coverage (%) |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
-        lines.append(f"| {r['method']} | {pct(r['top1'])} | {pct(r['mAP'])} | {r['gflops_per_video']:.4f} | "
-                     f"{pct(r.get('keep_fraction'))} | {pct(r['hit_rate'])} | {pct(r['coverage'])} |")
-    return "\n".join(lines)
-
-
-def pipeline_figures(rows: list[dict], out_dir: Path, title: str, metric: str) -> dict[str, str]:
-    """Fig. 5 (accuracy vs GFLOPs: every row) and Fig. 6 (online curves of the rows that have one)."""
-    from adafocus_pl.evaluation.plots import plot_accuracy_vs_gflops, plot_online_curve
-
-    unit = "top-1 (%)" if metric == "top1" else "mAP (%)"
-    points = [{"family": r["family"], "gflops": r["gflops_per_video"], "value": 100 * r[metric],
-               "label": f"η={r['keep_ratio']:g}" if r.get("keep_ratio") else None} for r in rows]
-    paths = {"accuracy vs GFLOPs": plot_accuracy_vs_gflops(points, out_dir / "accuracy_vs_gflops.png",
-                                                           metric=unit, title=title)}
-    curves = {r["method"]: [(p["gflops"], 100 * p[metric]) for p in r["online"]] for r in rows if r.get("online")}
-    if curves:
-        paths["online curves"] = plot_online_curve(curves, out_dir / "online.png", metric=unit, title=title)
-    return {k: str(v) for k, v in paths.items()}
-
-
 def evaluate_run(overrides: list[str], ckpt: Path) -> dict:
     """``adafocus_pl.eval`` on a Stage III checkpoint, in this process (fine-tuned baselines are separate rows)."""
     from adafocus_pl.eval import run as run_eval
@@ -113,6 +87,7 @@ def evaluate_run(overrides: list[str], ckpt: Path) -> dict:
 def main(argv: list[str] | None = None) -> Path:
     user = list(sys.argv[1:] if argv is None else argv)
     cfg = compose("train", user)
+    from adafocus_pl.evaluation.evaluate import plot_rows, results_markdown
     from adafocus_pl.evaluation.flops import gflops_per_video, model_component_gflops
 
     started = time.perf_counter()
@@ -155,17 +130,17 @@ def main(argv: list[str] | None = None) -> Path:
 
     out_dir = stage1_dir.parents[2] / "pipeline" / stage1_dir.parent.name / stage1_dir.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = results_table(rows)
     summary = {"experiment": cfg.experiment_name, "patch_size": cfg.model.patch_size, "seed": cfg.seed,
                "split": "test", "frames_per_video": cfg.data.num_segments, "rows": rows,
                "seconds": {k: round(v, 1) for k, v in timings.items()}}
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
     title = f"{cfg.experiment_name}: P={cfg.model.patch_size}, seed {cfg.seed}, test split"
-    figures = pipeline_figures(rows, out_dir, title, metric="mAP" if str(cfg.monitor).endswith("mAP") else "top1")
+    figures = plot_rows(rows, out_dir, title, metric="mAP" if str(cfg.monitor).endswith("mAP") else "top1")
     links = "\n".join(f"- {name}: `{path}`" for name, path in
                       [*figures.items(), *(("evaluation", p) for p in eval_dirs)])
-    (out_dir / "results.md").write_text(f"# {title}\n\n{table}\n\n{links}\n")
-    print("\n" + table + "\n")
+    table = results_markdown(rows, title)
+    (out_dir / "results.md").write_text(f"{table}\n{links}\n")
+    print("\n" + table)
     print("[pipeline] wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"[pipeline] results: {out_dir / 'results.md'} and results.json")
     return out_dir

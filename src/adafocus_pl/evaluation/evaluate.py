@@ -225,23 +225,33 @@ def evaluate_checkpoint(ckpt: LoadedCheckpoint, datamodule, split: str = "test",
             "component_gflops": all_parts, "seconds": seconds}
 
 
+def plot_rows(rows: list[dict[str, Any]], out_dir: Path, title: str, metric: str) -> dict[str, Path]:
+    """Fig. 5 (accuracy vs GFLOPs, every row; AdaFocus+ points labelled by eta) and Fig. 6 (the online curves of
+    the rows that have one) as ``accuracy_vs_gflops.png`` and ``online.png`` in ``out_dir``."""
+    from adafocus_pl.evaluation.plots import plot_accuracy_vs_gflops, plot_online_curve
+
+    unit = "top-1 (%)" if metric == "top1" else "mAP (%)"
+    points = [{"family": r["family"], "gflops": r["gflops_per_video"], "value": 100 * r[metric],
+               "label": f"η={r['keep_ratio']:g}" if r.get("keep_ratio") else None} for r in rows]
+    paths = {"accuracy_vs_gflops": plot_accuracy_vs_gflops(points, out_dir / "accuracy_vs_gflops.png",
+                                                           metric=unit, title=title)}
+    curves = {r["method"]: [(p["gflops"], 100 * p[metric]) for p in r["online"]] for r in rows if r.get("online")}
+    if curves:
+        paths["online"] = plot_online_curve(curves, out_dir / "online.png", metric=unit, title=f"{title}: online")
+    return paths
+
+
 def write_results(result: dict[str, Any], out_dir: Path, title: str, metric: str, mean, std,
                   patch_figure_videos: int = 4) -> dict[str, Path]:
     """results.json / results.md and the three figures (Fig. 5, 6, 7 styles); returns the written paths."""
-    from adafocus_pl.evaluation.plots import plot_accuracy_vs_gflops, plot_online_curve, plot_patches
+    from adafocus_pl.evaluation.plots import plot_patches
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "md": out_dir / "results.md"}
     serialisable = {k: v for k, v in result.items() if k != "figures"}
     paths["json"].write_text(json.dumps(serialisable, indent=2))
     paths["md"].write_text(results_markdown(result["rows"], title))
-    unit = "top-1 (%)" if metric == "top1" else "mAP (%)"
-    points = [{"family": r["family"], "gflops": r["gflops_per_video"], "value": 100 * r[metric],
-               "label": f"η={r['keep_ratio']:g}" if "keep_ratio" in r else None} for r in result["rows"]]
-    paths["accuracy_vs_gflops"] = plot_accuracy_vs_gflops(points, out_dir / "accuracy_vs_gflops.png", metric=unit,
-                                                          title=title)
-    curves = {r["method"]: [(p["gflops"], 100 * p[metric]) for p in r["online"]] for r in result["rows"]}
-    paths["online"] = plot_online_curve(curves, out_dir / "online.png", metric=unit, title=f"{title}: online")
+    paths.update(plot_rows(result["rows"], out_dir, title, metric))
     # Fig. 7: the patches of the main row, and where AdaFocus+ skipped frames at the smallest eta
     figures = result["figures"]
     for key, name in (("main", "patches.png"), (next((k for k in reversed(list(figures)) if k != "main"), None),

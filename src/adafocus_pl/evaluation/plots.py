@@ -106,6 +106,16 @@ def _legend_labels(fig: Figure) -> list[str]:
     return [] if legend is None else [t.get_text() for t in legend.get_texts()]
 
 
+def _finish_axes(ax, xlabel: str, ylabel: str, title: str | None) -> None:
+    """Axis labels, optional title, dotted grid and legend shared by the curve plots (Figs. 5 and 6)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, linestyle=":", alpha=0.7)
+    ax.legend(loc="best", fontsize=9)
+
+
 def _family_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
     """A distinct colour/marker per name (paper styles for AdaFocus / AdaFocus+), in the given order."""
     styles: dict[str, dict[str, Any]] = {}
@@ -233,12 +243,7 @@ def _accuracy_vs_gflops_figure(points: Sequence[Mapping[str, Any]], metric: str 
             if label:
                 ax.annotate(label, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8,
                             color=style["color"])
-    ax.set_xlabel("GFLOPs / video")
-    ax.set_ylabel(metric)
-    if title:
-        ax.set_title(title)
-    ax.grid(True, linestyle=":", alpha=0.7)
-    ax.legend(loc="best", fontsize=9)
+    _finish_axes(ax, "GFLOPs / video", metric, title)
     return fig
 
 
@@ -280,12 +285,7 @@ def _online_curve_figure(curves: Mapping[str, Sequence[tuple[float, float]]], me
     for name, pairs in parsed.items():
         ax.plot([p[0] for p in pairs], [p[1] for p in pairs], linestyle="-", linewidth=1.5, label=name,
                 **styles[name])
-    ax.set_xlabel("GFLOPs (t frames)")
-    ax.set_ylabel(metric)
-    if title:
-        ax.set_title(title)
-    ax.grid(True, linestyle=":", alpha=0.7)
-    ax.legend(loc="best", fontsize=9)
+    _finish_axes(ax, "GFLOPs (t frames)", metric, title)
     return fig
 
 
