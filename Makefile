@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: help install train test test-full lint data clean clean-logs
+.PHONY: help install train sweep report test test-full lint data clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,15 @@ data: $(STAMP)  ## generate the synthetic benchmark (skipped when it exists)
 
 train: $(STAMP)  ## run the whole pipeline on the synthetic default
 	$(BIN)/python -m adafocus_pl.pipeline
+
+# the synthetic default sweep: patch sizes x AdaFocus/AdaFocus+ (change it: make sweep SWEEP="model.patch_size=16,32 seed=0,1")
+SWEEP ?= model.patch_size=24,32,48 plus=off,on seed=0
+
+sweep: $(STAMP)  ## Hydra multirun: the whole stage chain per patch size and variant, then the report
+	$(BIN)/python -m adafocus_pl.sweep -m $(SWEEP)
+
+report: $(STAMP)  ## table + accuracy-vs-GFLOPs plot of every run under logs/synthetic
+	$(BIN)/python -m adafocus_pl.report logs/synthetic
 
 test: $(STAMP)  ## run the test suite (slow tests excluded)
 	$(BIN)/python -m pytest -m "not slow" -q

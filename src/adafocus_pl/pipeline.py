@@ -10,22 +10,20 @@
    coverage) with an accuracy-vs-GFLOPs plot, written as ``results.json`` / ``results.md`` /
    ``accuracy_vs_gflops.png`` / ``online.png`` in the pipeline's run directory.
 
-A stage whose directory already holds ``metrics.json`` from the same overrides is not run again.
+Each stage is skipped when finished with the same config, resumed when interrupted (``adafocus_pl.chain``).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from adafocus_pl.chain import Step, run_dir, run_step
 from adafocus_pl.utils.config import compose
 
 
@@ -56,27 +54,6 @@ def chain(stage1_ckpt: str) -> list[Run]:
     ]
 
 
-def run_dir(overrides: list[str]) -> Path:
-    cfg = compose("train", overrides, return_hydra_config=True)
-    return Path(OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"])
-
-
-def already_done(directory: Path, overrides: list[str]) -> bool:
-    """Finished (``metrics.json``) with the same composed config: same overrides AND same config files, so a
-    changed default (e.g. in conf/model) re-runs the stage rather than reusing stale results."""
-    saved = directory / ".hydra" / "config.yaml"
-    if not (directory / "metrics.json").is_file() or not saved.is_file():
-        return False
-    current = OmegaConf.to_container(compose("train", overrides), resolve=False)
-    return yaml.safe_load(saved.read_text()) == current
-
-
-def run_stage_process(overrides: list[str]) -> None:
-    cmd = [sys.executable, "-m", "adafocus_pl.train", *overrides]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-
-
 def evaluate_run(overrides: list[str], ckpt: Path) -> dict:
     """``adafocus_pl.eval`` on a Stage III checkpoint, in this process (fine-tuned baselines are separate rows)."""
     from adafocus_pl.eval import run as run_eval
@@ -100,12 +77,8 @@ def main(argv: list[str] | None = None) -> Path:
     rows, eval_dirs = [], []
     for run in chain(str(stage1_dir / "checkpoints" / "last.ckpt")):
         overrides = user + [f"stage={run.stage}"] + run.overrides
-        directory = run_dir(overrides)
         t0 = time.perf_counter()
-        if already_done(directory, overrides):
-            print(f"[pipeline] {run.method}: done before, skipping ({directory})", flush=True)
-        else:
-            run_stage_process(overrides)
+        directory, _ = run_step(Step(run.method, overrides))
         timings[run.method] = time.perf_counter() - t0
         if run.patch_policy is None:
             continue

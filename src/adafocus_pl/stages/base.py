@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ class StageModule(pl.LightningModule):
             getattr(self.net, part).requires_grad_(False)
         self._frozen_to_eval()
         self.eval_seed = eval_seed
+        self.train_seed = eval_seed  # the run's seed (stage configs pass ${seed})
         self.best_top1 = 0.0
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
 
@@ -83,6 +85,10 @@ class StageModule(pl.LightningModule):
         # Lightning restores the module modes it captured around validation rather than calling train(), so
         # enforce eval mode on the frozen parts here too (their BN statistics must not move).
         self._frozen_to_eval()
+        # Every epoch's randomness (shuffling, worker seeds, random patches, PPO samples) is a function of
+        # (seed, epoch) alone: a run resumed from an epoch's checkpoint retraces the uninterrupted run exactly.
+        # Runs before the train DataLoader's iterator (and so its sampler and worker seeds) is created.
+        pl.seed_everything(self.train_seed + self.current_epoch, workers=True, verbose=False)
 
     # ----------------------------------------------------------------- init_from (weights only)
     def load_init_weights(self, path: str | Path) -> None:
@@ -137,20 +143,35 @@ class StageModule(pl.LightningModule):
         self.best_top1 = checkpoint.get("adafocus_best_top1", 0.0)
 
     # ----------------------------------------------------------------- evaluation
-    def eval_forward(self, frames: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """Per-step logits ``[B, T, K]`` and patch ``offsets`` ``[B, T, 2]`` (or None) used for val/test."""
+    eval_patch_policy = "learned"  # the patch policy of this stage's val/test ("random" for Stage I, ...)
+
+    def eval_forward(self, frames: torch.Tensor, offsets: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Per-step logits ``[B, T, K]`` and patch ``offsets`` ``[B, T, 2]`` (or None) used for val/test.
+        ``offsets``: the patches of a random fixed policy, drawn per video by :meth:`eval_offsets`."""
         raise NotImplementedError
 
+    def eval_offsets(self, frames: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
+        """Random / Gaussian evaluation patches drawn from a generator seeded by (seed, video index): the same
+        patches for a video whatever the batch or the DDP rank it lands in, so eval metrics are reproducible and
+        equal on 1 or N processes."""
+        if self.eval_patch_policy not in ("random", "gaussian"):
+            return None
+        steps = frames.shape[1]
+        return torch.cat([
+            self.net.fixed_offsets(self.eval_patch_policy, 1, steps, frames.device,
+                                   torch.Generator().manual_seed(self.eval_seed * 1_000_003 + int(i)))
+            for i in index.tolist()])
+
     def _eval_step(self, batch: dict) -> None:
-        if not self._eval_outputs:  # a fixed generator per epoch: random baselines are reproducible
-            self._generator = torch.Generator().manual_seed(self.eval_seed)
-        out = self.eval_forward(batch["frames"], self._generator)
+        frames = batch["frames"]
+        out = self.eval_forward(frames, self.eval_offsets(frames, batch["index"]))
         logits = out["logits"]
         record = {
             "scores": F.softmax(logits[:, -1].float(), dim=1),  # offline prediction = the last step (Sec. 3.4)
             "labels": batch["label"],
             "targets": batch["target"],
             "loss": F.cross_entropy(logits[:, -1].float(), batch["label"], reduction="none"),
+            "index": batch["index"],
         }
         if out.get("offsets") is not None and "boxes" in batch:
             hit, coverage = patch_box_overlap(out["offsets"], self.net.patch_size, batch["boxes"])
@@ -166,6 +187,10 @@ class StageModule(pl.LightningModule):
         self._eval_outputs.clear()
         if self.trainer.world_size > 1:  # metrics over the whole split, not per rank (pitfall #15)
             merged = {k: self.all_gather(v).flatten(0, 1) for k, v in merged.items()}
+            # DistributedSampler pads the split to a multiple of the world size with repeated videos: keep each once
+            _, first = np.unique(merged["index"].cpu().numpy(), return_index=True)
+            keep = torch.as_tensor(np.sort(first), device=merged["index"].device)
+            merged = {k: v[keep] for k, v in merged.items()}
         metrics = {
             f"{split}/loss": merged["loss"].mean().item(),
             f"{split}/top1": top1_accuracy(merged["scores"], merged["labels"]),

@@ -89,6 +89,12 @@ class FinetuneStage(StageModule):
         if saved:
             self.keep_threshold = saved["threshold"]
 
-    def eval_forward(self, frames, generator):
+    @property
+    def eval_patch_policy(self) -> str:
+        return self.patch_policy
+
+    def eval_forward(self, frames, offsets):
         skip = {"keep_threshold": self.keep_threshold} if self.plus else {}
-        return self._forward(frames, generator, **skip)
+        if offsets is not None:  # random / Gaussian baselines: patches drawn per video (see StageModule)
+            return self.net(frames, patch_policy="given", offsets=offsets, **skip)
+        return self._forward(frames, None, **skip)

@@ -139,6 +139,6 @@ class PolicyStage(StageModule):
         if schedulers is not None:
             schedulers.step()
 
-    def eval_forward(self, frames, generator):
+    def eval_forward(self, frames, offsets):
         threshold = self.eval_keep_threshold if self.net.has_skip_policy else None
         return self.net(frames, patch_policy="learned", sample=False, keep_threshold=threshold)

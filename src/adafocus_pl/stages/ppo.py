@@ -22,8 +22,17 @@ def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def normalise(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """(x - mean) / (std + eps) over all B x T entries (the release's normalisation of returns)."""
-    return (x - x.mean()) / (x.std(unbiased=False) + eps)
+    """(x - mean) / (std + eps) over all B x T entries (the release's normalisation of returns).
+
+    Under DDP the mean and std are those of the global batch (all ranks), so N ranks with B/N videos each
+    normalise exactly as one process with all B videos."""
+    stats = torch.stack([x.sum(), (x * x).sum(), x.new_tensor(float(x.numel()))]).double()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(stats)
+    total, squares, count = stats.unbind()
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(0).sqrt()
+    return (x - mean.to(x.dtype)) / (std.to(x.dtype) + eps)
 
 
 @dataclass(frozen=True)

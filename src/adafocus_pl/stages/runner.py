@@ -11,7 +11,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from adafocus_pl.utils.instantiate import instantiate_group
-from adafocus_pl.utils.wandb_run import finish_wandb
+from adafocus_pl.utils.wandb_run import (
+    WandbRunIdInCheckpoint,
+    check_wandb_mode,
+    finish_wandb,
+    resume_wandb_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 def run_stage(cfg: DictConfig) -> dict[str, float]:
     """Seed, build data/module/loggers/trainer, apply ``init_from`` (before any DDP wrap), fit, test.
 
+    ``ckpt_path`` resumes training (weights, optimiser, epoch and the W&B run); with ``train=false`` it names the
+    checkpoint to validate and test instead.
+
     Returns the final metrics, also written to ``<run dir>/metrics.json``.
     """
     output_dir = Path(cfg.paths.output_dir)
@@ -42,24 +50,35 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
         module = instantiate(cfg.stage.module, _recursive_=False, _convert_="all")
 
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-        if ckpt_path:
+        training = cfg.get("train", True)
+        if ckpt_path and training:
             log.info("resuming stage %s from %s", cfg.stage.id, ckpt_path)
+            cfg = resume_wandb_run(cfg, ckpt_path)  # the resumed stage continues its W&B run
+        elif ckpt_path:
+            log.info("evaluating %s (train=false)", ckpt_path)
         elif cfg.get("init_from"):
             log.info("stage %s starts from the weights of %s", cfg.stage.id, cfg.init_from)
             module.load_init_weights(cfg.init_from)
 
         callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+        check_wandb_mode(cfg)
         loggers = instantiate_group(cfg.get("logger"), "logger")
+        if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+            callbacks.append(WandbRunIdInCheckpoint())
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
         metrics: dict[str, float] = {}
-        if cfg.get("train", True):
+        if training:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+            ckpt_path = None  # test the weights fit() ended with
+        elif ckpt_path:  # train=false ckpt_path=...: validate and test that checkpoint
+            for result in trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
+                metrics.update({k: float(v) for k, v in result.items()})
         if cfg.get("test", True):
-            for result in trainer.test(module, datamodule=datamodule, verbose=False):
+            for result in trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
                 metrics.update({k: float(v) for k, v in result.items()})
         if trainer.is_global_zero:
             (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

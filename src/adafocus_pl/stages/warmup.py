@@ -25,5 +25,7 @@ class WarmupStage(StageModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def eval_forward(self, frames, generator):
-        return self.net(frames, patch_policy="random", generator=generator)
+    eval_patch_policy = "random"
+
+    def eval_forward(self, frames, offsets):
+        return self.net(frames, patch_policy="given", offsets=offsets)

@@ -1,8 +1,21 @@
-"""W&B house-keeping that keeps multirun jobs and crashed runs apart (ecosystem pitfalls #2, #6)."""
+"""W&B house-keeping that keeps multirun jobs and crashed runs apart (ecosystem pitfalls #2, #6).
+
+A stage's W&B run id travels in its checkpoints (``WandbRunIdInCheckpoint``); a resumed stage reopens that run
+(``resume_wandb_run``) instead of starting a second one. ``finish_wandb`` closes the run whatever happened, so
+the next job of a multirun never logs into it.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, open_dict
+
+CHECKPOINT_KEY = "adafocus_wandb_run_id"
 
 
 def finish_wandb() -> None:
@@ -10,3 +23,41 @@ def finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+class WandbRunIdInCheckpoint(pl.Callback):
+    """Stores the W&B run id of the trainer's ``WandbLogger`` in every checkpoint."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                checkpoint[CHECKPOINT_KEY] = logger.version  # the run id (a property; starts the run if needed)
+
+
+def resume_wandb_run(cfg: DictConfig, ckpt_path: str) -> DictConfig:
+    """``cfg`` with ``logger.wandb.id`` set to the run id saved in ``ckpt_path`` (unless the user set one)."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not wandb_cfg or wandb_cfg.get("id"):
+        return cfg
+    run_id = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CHECKPOINT_KEY)
+    if run_id:
+        with open_dict(cfg):
+            cfg.logger.wandb.id = run_id
+            cfg.logger.wandb.resume = "allow"
+    return cfg
+
+
+def check_wandb_mode(cfg: DictConfig) -> None:
+    """``logger.wandb.offline=false`` is the one switch to go online: it needs a key, and it wins over a
+    ``WANDB_MODE=offline`` set by the Makefile. Never lets W&B stop a run to ask for a key."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not wandb_cfg or wandb_cfg.get("offline", True):
+        return
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+    if not has_key:
+        raise RuntimeError(
+            "logger.wandb.offline=false but no W&B key was found: run `wandb login` (or export WANDB_API_KEY), "
+            "or keep logging offline (the default) and upload later with `wandb sync <run dir>/wandb/offline-run-*`."
+        )
+    os.environ["WANDB_MODE"] = "online"

@@ -1,0 +1,53 @@
+"""Sweeps over the whole stage chain: ``python -m adafocus_pl.sweep -m model.patch_size=24,32,48 plus=off,on``.
+
+Each Hydra job is one sweep point (experiment, patch size, seed, AdaFocus or AdaFocus+) and runs its stage chain
+through :mod:`adafocus_pl.chain`; the job's own directory (``<log_dir>/<experiment>/sweep/p<P>/seed<s>/<variant>``)
+keeps its Hydra config and log. When the multirun ends, the report of every run under the experiment's directory
+is written (``python -m adafocus_pl.report``). Any Hydra launcher works, e.g. ``hydra/launcher=submitit_slurm``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from adafocus_pl.utils.config import config_dir, register_resolvers
+
+register_resolvers()
+
+
+def experiment_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.log_dir) / cfg.experiment_name
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="sweep")
+def main(cfg: DictConfig) -> float | None:
+    from adafocus_pl.chain import run_chain
+
+    overrides = list(HydraConfig.get().overrides.task)
+    results = run_chain(overrides, plus=bool(cfg.plus.enabled))
+    final_dir = results[-1][1]
+    metrics = json.loads((final_dir / "metrics.json").read_text()) if (final_dir / "metrics.json").is_file() else {}
+    print(f"[sweep] {' '.join(overrides)}: " + ", ".join(f"{step.label} {state}" for step, _, state in results))
+    return metrics.get(f"test/{str(cfg.monitor).split('/')[-1]}")
+
+
+class ReportWhenDone(Callback):
+    """Hydra callback: after a multirun, gather every run of the experiment into one table and plot."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.get("report", True):
+            return
+        from adafocus_pl.report import main as report_main
+
+        report_main([str(experiment_dir(config))])
+
+
+if __name__ == "__main__":
+    main()
