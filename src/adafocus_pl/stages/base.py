@@ -54,8 +54,7 @@ class StageModule(pl.LightningModule):
         for part in self.frozen:
             getattr(self.net, part).requires_grad_(False)
         self._frozen_to_eval()
-        self.eval_seed = eval_seed
-        self.train_seed = eval_seed  # the run's seed (stage configs pass ${seed})
+        self.eval_seed = eval_seed  # the run's seed (stage configs pass ${seed}): eval draws and each epoch's reseed
         self.best_top1 = 0.0
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
 
@@ -88,7 +87,7 @@ class StageModule(pl.LightningModule):
         # Every epoch's randomness (shuffling, worker seeds, random patches, PPO samples) is a function of
         # (seed, epoch) alone: a run resumed from an epoch's checkpoint retraces the uninterrupted run exactly.
         # Runs before the train DataLoader's iterator (and so its sampler and worker seeds) is created.
-        pl.seed_everything(self.train_seed + self.current_epoch, workers=True, verbose=False)
+        pl.seed_everything(self.eval_seed + self.current_epoch, workers=True, verbose=False)
 
     # ----------------------------------------------------------------- init_from (weights only)
     def load_init_weights(self, path: str | Path) -> None:
