@@ -67,7 +67,7 @@ def test_wandb_runs_carry_project_group_job_type_tags_and_metrics(tiny_sweep):
     assert run["project"] == "adafocus-pl-synthetic"
     assert run["group"] == "synthetic/p24/seed0/adafocus_plus" and run["job_type"] == "stage3"
     assert {"adafocus_plus", "p24", "stage3"} <= set(run["tags"])
-    assert run["config"]["model"]["value"]["patch_size"] == 24  # the full composed config is logged
+    assert run["config"]["model"]["patch_size"] == 24  # the full composed config is logged
     metrics = json.loads((experiment / "stage3_plus" / "p24" / "seed0" / "metrics.json").read_text())
     assert run["summary"]["test/top1"] == pytest.approx(metrics["test/top1"])
     assert any("train/loss" in row for row in run["history"])

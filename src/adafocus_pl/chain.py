@@ -31,6 +31,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from adafocus_pl.utils.config import compose
+from adafocus_pl.utils.wandb_run import child_process_env
 
 IGNORED_KEYS = ("ckpt_path",)  # how a run was started (fresh or resumed) does not change what it computes
 
@@ -55,23 +56,29 @@ def stage_chain(overrides: list[str], plus: bool) -> list[Step]:
     ]
 
 
-def run_dir(overrides: list[str]) -> Path:
+def composed_run(overrides: list[str]):
+    """The composed train config of ``overrides`` (with its ``hydra`` node) and its run directory."""
     cfg = compose("train", overrides, return_hydra_config=True)
-    return Path(OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"])
+    return cfg, Path(OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"])
+
+
+def run_dir(overrides: list[str]) -> Path:
+    return composed_run(overrides)[1]
 
 
 def comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in IGNORED_KEYS}
+    """A config as saved in ``.hydra/config.yaml`` (no ``hydra`` node), minus the keys that do not matter."""
+    return {k: v for k, v in config.items() if k not in (*IGNORED_KEYS, "hydra")}
 
 
-def stage_state(directory: Path, overrides: list[str]) -> str:
-    """``done`` | ``resume`` | ``fresh`` | ``replaced`` (see the module docstring)."""
+def stage_state(directory: Path, current: dict) -> str:
+    """``done`` | ``resume`` | ``fresh`` | ``replaced`` (see the module docstring); ``current``: the composed config
+    as a plain, unresolved container."""
     if not directory.exists() or not any(directory.iterdir()):
         return "fresh"
     saved = directory / ".hydra" / "config.yaml"
     if not saved.is_file():
         return "replaced"
-    current = OmegaConf.to_container(compose("train", overrides), resolve=False)
     if comparable(yaml.safe_load(saved.read_text()) or {}) != comparable(current):
         return "replaced"
     return "done" if (directory / "metrics.json").is_file() else "resume"
@@ -108,20 +115,19 @@ def run_lock(directory: Path) -> Iterator[None]:
 def run_train_process(overrides: list[str]) -> None:
     cmd = [sys.executable, "-m", "adafocus_pl.train", *overrides]
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=child_process_env())
 
 
 def run_step(step: Step, runner=run_train_process) -> tuple[Path, str]:
     """Skip, resume or run one stage; returns its run directory and the state it was found in."""
     overrides = [*step.overrides, "ckpt_path=auto"]
-    directory = run_dir(overrides)
+    cfg, directory = composed_run(overrides)  # composed once: the directory, the comparison and move_aside
     with run_lock(directory):
-        state = stage_state(directory, overrides)
+        state = stage_state(directory, OmegaConf.to_container(cfg, resolve=False))
         if state == "done":
             print(f"[chain] {step.label}: done before, skipping ({directory})", flush=True)
             return directory, state
         if state == "replaced" and launcher_rank() == 0:
-            cfg = compose("train", overrides)
             moved = move_aside(directory, Path(cfg.paths.log_dir) / cfg.experiment_name)
             print(f"[chain] {step.label}: {directory} holds a run of another config; moved it to {moved}",
                   flush=True)

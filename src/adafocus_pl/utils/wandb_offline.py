@@ -47,7 +47,7 @@ def records(path: str | Path) -> list[bytes]:
 
 def read_offline_run(path: str | Path) -> dict[str, Any]:
     """``{"run_id", "project", "group", "job_type", "tags", "config", "history", "summary"}`` of one run file
-    (or of the single ``run-*.wandb`` inside an ``offline-run-*`` directory)."""
+    (or of the single ``run-*.wandb`` inside an ``offline-run-*`` directory); ``config`` holds plain values."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     path = Path(path)
@@ -62,14 +62,22 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
             r = record.run
             run.update(run_id=r.run_id, project=r.project, group=r.run_group, job_type=r.job_type,
                        tags=list(r.tags))
-            run["config"].update(_items(r.config.update))
+            run["config"].update(_config_values(_items(r.config.update)))
         elif kind == "config":
-            run["config"].update(_items(record.config.update))
+            run["config"].update(_config_values(_items(record.config.update)))
         elif kind == "history":
             run["history"].append(_items(record.history.item))
         elif kind == "summary":
             run["summary"].update(_items(record.summary.update))
     return run
+
+
+def _config_values(config: dict[str, Any]) -> dict[str, Any]:
+    """Config entries as plain values: depending on when the config reached W&B (with the run record or in a later
+    config record), an entry is stored as ``{"value": v, "desc": ...}`` or as ``v`` itself."""
+    def plain(v: Any) -> Any:
+        return v["value"] if isinstance(v, dict) and "value" in v and set(v) <= {"value", "desc"} else v
+    return {k: plain(v) for k, v in config.items()}
 
 
 def _items(items) -> dict[str, Any]:

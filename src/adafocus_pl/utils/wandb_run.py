@@ -18,6 +18,15 @@ from omegaconf import DictConfig, open_dict
 CHECKPOINT_KEY = "adafocus_wandb_run_id"
 
 
+def child_process_env() -> dict[str, str]:
+    """This process's environment for a child that runs its own stage, without W&B's service pointer.
+
+    After an in-process W&B run, ``WANDB_SERVICE`` names this process's wandb-core; a child inheriting it would
+    log through that shared service, whose state a killed or resumed child can corrupt. Each stage process starts
+    its own service instead."""
+    return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+
+
 def finish_wandb() -> None:
     """Close the active W&B run, if W&B was used at all (never imports wandb otherwise)."""
     wandb = sys.modules.get("wandb")
@@ -39,7 +48,8 @@ def resume_wandb_run(cfg: DictConfig, ckpt_path: str) -> DictConfig:
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if not wandb_cfg or wandb_cfg.get("id"):
         return cfg
-    run_id = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CHECKPOINT_KEY)
+    # mmap: only the small entry is read, not the weights (Lightning loads the whole checkpoint once, in fit)
+    run_id = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get(CHECKPOINT_KEY)
     if run_id:
         with open_dict(cfg):
             cfg.logger.wandb.id = run_id
