@@ -7,6 +7,9 @@ Each stage (``warmup``, ``policy``, ``finetune``) is its own LightningModule ove
 from __future__ import annotations
 
 import math
+import random
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +25,42 @@ from adafocus_pl.models.adafocus import AdaFocusNet
 NET_PARTS = ("glance", "policy", "skip_policy", "local", "classifier")  # skip_policy: AdaFocus+'s pi' (or None)
 # the network settings that must agree between a checkpoint and the run that loads it
 SHAPE_KEYS = ("num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size", "classifier")
+# val/test metrics come from records gathered over all ranks (the same on every rank): no sync_dist needed
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/")
+# ... and every video is evaluated once (the DistributedSampler's repeats are dropped): no need for devices=1
+warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders\. During `trainer\.(validate|test)\(\)`")
 
 
 def plain(value: Any) -> Any:
     """Config objects as plain Python containers (checkpoints stay loadable with ``weights_only``)."""
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def reachable_parts(net: dict, trainable: list[str] | tuple[str, ...]) -> list[str]:
+    """``trainable`` less f_G when its features never reach f_C (``use_glance_features=false``, Table 4).
+
+    In Stages I and III f_G's only path to the loss is f_C's input (pi is frozen, its argmax not differentiable):
+    without glance reuse it gets no gradient, so it stays frozen (DDP with ``find_unused_parameters=false`` would
+    otherwise fail on its parameters).
+    """
+    if net.get("use_glance_features", True):
+        return list(trainable)
+    return [part for part in trainable if part != "glance"]
+
+
+def gather_rows(x: torch.Tensor, all_gather: Callable[[torch.Tensor], torch.Tensor], world_size: int) -> torch.Tensor:
+    """``x [N, ...]`` of every rank concatenated in rank order; ``N`` may differ between ranks.
+
+    ``all_gather`` (e.g. ``LightningModule.all_gather``: ``[world, ...]`` from equal shapes) gathers the sizes
+    first, then each rank's rows padded to the largest size; the padding is dropped after the gather.
+    """
+    if world_size == 1:
+        return x
+    sizes = all_gather(torch.tensor([x.shape[0]], device=x.device)).reshape(-1).tolist()
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    gathered = all_gather(padded)  # [world, max(sizes), ...]
+    return torch.cat([gathered[rank, :size] for rank, size in enumerate(sizes)])
 
 
 class StageModule(pl.LightningModule):
@@ -87,7 +121,16 @@ class StageModule(pl.LightningModule):
         # Every epoch's randomness (shuffling, worker seeds, random patches, PPO samples) is a function of
         # (seed, epoch) alone: a run resumed from an epoch's checkpoint retraces the uninterrupted run exactly.
         # Runs before the train DataLoader's iterator (and so its sampler and worker seeds) is created.
-        pl.seed_everything(self.eval_seed + self.current_epoch, workers=True, verbose=False)
+        seed = self.eval_seed + self.current_epoch
+        pl.seed_everything(seed, workers=True, verbose=False)
+        if self.global_rank > 0:
+            # DDP: each rank its own random patches, PPO samples and dropout (one stream on every rank would
+            # correlate them across the global batch); rank 0 keeps a 1-process run's stream. The distributed
+            # sampler shuffles with its own (seed, epoch) generator, the same on every rank.
+            rank_seed = (seed + 1_000_003 * self.global_rank) % 2**32
+            random.seed(rank_seed)
+            np.random.seed(rank_seed)
+            torch.manual_seed(rank_seed)
 
     # ----------------------------------------------------------------- init_from (weights only)
     def load_init_weights(self, path: str | Path) -> None:
@@ -179,17 +222,24 @@ class StageModule(pl.LightningModule):
             record["keep"] = out["keep"].float().mean(1)
         self._eval_outputs.append(record)
 
+    def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [N, ...]`` of every rank, in rank order (see :func:`gather_rows`); a collective under DDP."""
+        if self.trainer.world_size == 1:
+            return x
+        return gather_rows(x.to(self.device), self.all_gather, self.trainer.world_size)  # NCCL: device tensors only
+
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
         if not self._eval_outputs:
             return {}
         merged = {k: torch.cat([o[k] for o in self._eval_outputs]) for k in self._eval_outputs[0]}
         self._eval_outputs.clear()
-        if self.trainer.world_size > 1:  # metrics over the whole split, not per rank (pitfall #15)
-            merged = {k: self.all_gather(v).flatten(0, 1) for k, v in merged.items()}
-            # DistributedSampler pads the split to a multiple of the world size with repeated videos: keep each once
-            _, first = np.unique(merged["index"].cpu().numpy(), return_index=True)
-            keep = torch.as_tensor(np.sort(first), device=merged["index"].device)
-            merged = {k: v[keep] for k, v in merged.items()}
+        # metrics over the whole split, not per rank (pitfall #15): every rank gathers all records
+        merged = {k: self.gather_rows(v) for k, v in merged.items()}
+        # the DistributedSampler pads the split to a multiple of the world size with repeated videos: keep each
+        # video once, in dataset order, so that N processes compute exactly what one process computes
+        _, first = np.unique(merged["index"].cpu().numpy(), return_index=True)
+        keep = torch.as_tensor(first, device=merged["index"].device)
+        merged = {k: v[keep] for k, v in merged.items()}
         metrics = {
             f"{split}/loss": merged["loss"].mean().item(),
             f"{split}/top1": top1_accuracy(merged["scores"], merged["labels"]),

@@ -6,17 +6,18 @@ that they are compared fairly with the learned policy.
 
 AdaFocus+ (Sec. 3.3; the paper does not say how Stage III treats skipping, this is our choice): pi' is frozen and
 each training batch keeps the top eta of its frames' p_t^B, eta drawn from ``keep_ratios``, so that f_C learns the
-zero local features it meets at inference for every eta. The p_t^B of each training epoch solve rho for
-``eval_keep_ratio`` (validation and test of this stage); ``python -m adafocus_pl.eval`` re-solves rho for every eta
-on the training split with eval transforms (the paper's protocol).
+zero local features it meets at inference for every eta. The p_t^B of each training epoch (all ranks) solve rho
+for ``eval_keep_ratio`` (validation, checkpoints and test of this stage); ``python -m adafocus_pl.eval`` re-solves
+rho for every eta on the training split with eval transforms (the paper's protocol).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from adafocus_pl.models.skipping import check_keep_ratio, solve_keep_threshold
-from adafocus_pl.stages.base import StageModule, sequence_cross_entropy
+from adafocus_pl.stages.base import StageModule, reachable_parts, sequence_cross_entropy
 
 PATCH_POLICIES = ("learned", "random", "centre", "gaussian", "none")
 
@@ -31,13 +32,14 @@ class FinetuneStage(StageModule):
             raise ValueError(f"stage.module.patch_policy={patch_policy!r}: choose one of {PATCH_POLICIES}")
         if patch_policy == "none" and "local" in trainable:
             trainable = [p for p in trainable if p != "local"]  # glance-only: f_L is never run
+        trainable = reachable_parts(net, trainable)
         super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
                          channels_last=channels_last)
         self.patch_policy = patch_policy
         self.keep_ratios = [check_keep_ratio(r) for r in keep_ratios]
         self.eval_keep_ratio = check_keep_ratio(eval_keep_ratio)
         self.keep_threshold = 0.5  # rho for validation until the first training epoch has solved it
-        self._epoch_keep_probs: list[torch.Tensor] = []
+        self._epoch_keep_probs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (video index [B], p_t^B [B, T])
         if not self.keep_ratios:
             raise ValueError("stage.module.keep_ratios must list at least one kept fraction eta")
 
@@ -66,16 +68,27 @@ class FinetuneStage(StageModule):
         loss = sequence_cross_entropy(out["logits"], batch["label"])
         self.log("train/loss", loss, prog_bar=True)
         if self.plus:
-            self._epoch_keep_probs.append(torch.sigmoid(out["skip_logits"].detach().float()).cpu())
+            self._epoch_keep_probs.append((batch["index"].detach().cpu(),
+                                           torch.sigmoid(out["skip_logits"].detach().float()).cpu()))
             self.log("train/keep_fraction", out["keep"].float().mean())
         return loss
 
+    def _solve_keep_threshold(self) -> None:
+        """rho for ``eval_keep_ratio`` from this epoch's p_t^B, gathered over all ranks (a collective)."""
+        index = self.gather_rows(torch.cat([i for i, _ in self._epoch_keep_probs]))
+        probs = self.gather_rows(torch.cat([p for _, p in self._epoch_keep_probs]))
+        _, first = np.unique(index.cpu().numpy(), return_index=True)  # the DistributedSampler's repeats once
+        self.keep_threshold = solve_keep_threshold(probs[torch.as_tensor(first, device=probs.device)],
+                                                   self.eval_keep_ratio)
+
+    def on_validation_epoch_start(self) -> None:
+        # Lightning validates (and saves checkpoints) before on_train_epoch_end: solve rho for it now
+        if self.plus and self._epoch_keep_probs:
+            self._solve_keep_threshold()
+
     def on_train_epoch_end(self) -> None:
         if self.plus and self._epoch_keep_probs:
-            probs = torch.cat([p.reshape(-1) for p in self._epoch_keep_probs])
-            if self.trainer.world_size > 1:
-                probs = self.all_gather(probs).reshape(-1)
-            self.keep_threshold = solve_keep_threshold(probs, self.eval_keep_ratio)
+            self._solve_keep_threshold()  # again: validation may have run mid-epoch, or not at all
             self._epoch_keep_probs.clear()
             self.log("train/keep_threshold", self.keep_threshold)
 

@@ -122,6 +122,9 @@ class PolicyStage(StageModule):
                                        skip_values.float(), skip_returns, skip_dist.entropy(), self.ppo)
                 loss = loss + skip_losses["loss"]
             opt.zero_grad()
+            # DDP: Lightning's manual_backward re-arms DDP's reducer before every backward (DDPStrategy.pre_backward
+            # -> prepare_for_backward), so each PPO epoch's gradients are averaged over the ranks, also in the later
+            # epochs whose forward does not go through the DDP wrapper. No all-reduce of our own (tests/test_ddp.py).
             self.manual_backward(loss)
             opt.step()
         logged = {

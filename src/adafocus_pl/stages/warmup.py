@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adafocus_pl.stages.base import StageModule, sequence_cross_entropy
+from adafocus_pl.stages.base import StageModule, reachable_parts, sequence_cross_entropy
 
 
 class WarmupStage(StageModule):
@@ -16,6 +16,7 @@ class WarmupStage(StageModule):
     def __init__(self, net: dict, optimizer: dict, trainable: list[str] = ("glance", "local", "classifier"),
                  eval_seed: int = 0, channels_last: bool = True) -> None:
         net = {**net, "skip_policy": False}  # AdaFocus+'s pi' is born in Stage II (Sec. 3.3)
+        trainable = reachable_parts(net, trainable)
         super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
                          channels_last=channels_last)
 
