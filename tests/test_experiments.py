@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from adafocus_pl.data.synthetic import SyntheticSpec, generate
 from adafocus_pl.stages.runner import run_stage
 from adafocus_pl.utils.config import compose, config_dir
 from tests.helpers_video import write_frame_folder
@@ -17,8 +19,12 @@ EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*
 
 def tiny_dataset(root: Path, cfg) -> list[str]:
     """Two videos per split in the experiment's list format and frame template; returns the data overrides."""
-    if cfg.data.kind != "frames":
-        return []  # the synthetic experiment generates its own data (tests/conftest.py's tiny_synthetic)
+    if cfg.data.kind != "frames":  # the synthetic experiments generate their own data
+        if cfg.data.name == "synthetic":
+            return []  # tests/conftest.py's tiny_synthetic
+        spec = {k: v for k, v in OmegaConf.to_container(cfg.data.synthetic, resolve=True).items()}
+        generate(root, SyntheticSpec(**spec, num_train=4, num_val=2, num_test=2), workers=1, progress=False)
+        return [f"data.root={root}", "data.synthetic=null"]
     lines = []
     for k in range(2):
         folder = write_frame_folder(root / f"video{k}", 6, height=96, width=128, template=cfg.data.frame_template,
@@ -42,5 +48,5 @@ def test_experiment_composes_and_runs_a_fast_dev_step(experiment, tmp_path, tiny
     metrics = run_stage(cfg)
     assert {"val/top1", "val/mAP", "test/top1"} <= set(metrics)
     assert all(math.isfinite(v) for v in metrics.values()), metrics
-    if experiment != "synthetic":  # the paper's backbones, untrained (nothing downloaded)
+    if not experiment.startswith("synthetic"):  # the paper's backbones, untrained (nothing downloaded)
         assert (cfg.model.glance_backbone, cfg.model.local_backbone) == ("mobilenet_v2", "resnet50")

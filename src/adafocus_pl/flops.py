@@ -50,15 +50,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("--keep gives AdaFocus+ rows, which need the skip policy pi': add plus=on")
     keep = args.keep if args.keep is not None else (list(cfg.plus.keep_ratios) if has_plus else [])
     model = cfg.model
-    glance = model.glance_size if model.glance_size is not None else crop
+    glance = model.get("glance_size") or crop
     glance_h, glance_w = (glance, glance) if isinstance(glance, int) else tuple(glance)
     labels = {
         "glance": f"f_G ({model.glance_backbone} @ {glance_h}x{glance_w})",
         "policy": f"pi ({model.grid_size}x{model.grid_size} candidates)",
         "skip_policy": "pi' (AdaFocus+ skip policy)",
         "local": f"f_L ({model.local_backbone} @ {model.patch_size}x{model.patch_size})",
-        "classifier": f"f_C ({model.classifier}, {cfg.data.num_classes} classes)",
+        "classifier": f"f_C ({model.get('classifier', 'linear')}, {cfg.data.num_classes} classes)",
     }
+    if parts.get("per_clip"):  # AdaFocus-TSM: whole clips, TSM on both backbones
+        focus = cfg.data.get("num_focus_segments") or frames
+        labels.update(glance=f"f_G (TSM {model.glance_backbone} @ {glance_h}x{glance_w}, {frames} frames)",
+                      policy=f"pi ({frames} steps, one location per video)",
+                      local=f"f_L (TSM {model.local_backbone} @ {model.patch_size}x{model.patch_size}, {focus} frames)")
     title = f"GFLOPs: {cfg.data.name}, P={model.patch_size}, {crop}x{crop} frames, {frames} frames per video"
     print(gflops_markdown(parts, frames, keep, labels=labels, title=title), end="")
     return {"parts": parts, "num_frames": frames,

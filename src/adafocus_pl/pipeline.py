@@ -36,12 +36,13 @@ class Run:
     evaluate: bool = False           # rows from adafocus_pl.eval (online curve, AdaFocus+ rows per eta)
 
 
-def chain(stage1_ckpt: str) -> list[Run]:
-    """Stage I, II, III and the baselines that share Stage III's budget."""
+def chain(stage1_ckpt: str, plus: bool = True) -> list[Run]:
+    """Stage I, II, III and the baselines that share Stage III's budget; then AdaFocus+ unless ``plus=False``
+    (AdaFocus-TSM has no frame skipping)."""
     def baseline(name: str, policy: str) -> Run:
         return Run(name, "stage3", [f"stage.name=stage3_{policy}", f"stage.module.patch_policy={policy}",
                                     f"init_from={stage1_ckpt}"], patch_policy=policy)
-    return [
+    runs = [
         Run("stage I (warm-up)", "stage1"),
         Run("stage II (policy)", "stage2"),
         Run("AdaFocus (learned policy)", "stage3", patch_policy="learned", evaluate=True),
@@ -52,6 +53,7 @@ def chain(stage1_ckpt: str) -> list[Run]:
         Run("stage II+ (policies pi, pi')", "stage2", ["plus=on"]),
         Run("AdaFocus+", "stage3", ["plus=on"], patch_policy="learned", evaluate=True),
     ]
+    return runs if plus else runs[:-2]
 
 
 def evaluate_run(overrides: list[str], ckpt: Path) -> dict:
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> Path:
     parts = model_component_gflops(cfg.model, (cfg.data.eval_crop, cfg.data.eval_crop))  # counted once, per frame
     stage1_dir = run_dir(user + ["stage=stage1"])
     rows, eval_dirs = [], []
-    for run in chain(str(stage1_dir / "checkpoints" / "last.ckpt")):
+    plus = cfg.model.get("architecture", "adafocus") != "adafocus_tsm"
+    for run in chain(str(stage1_dir / "checkpoints" / "last.ckpt"), plus=plus):
         overrides = user + [f"stage={run.stage}"] + run.overrides
         t0 = time.perf_counter()
         directory, _ = run_step(Step(run.method, overrides))

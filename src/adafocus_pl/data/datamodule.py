@@ -30,6 +30,11 @@ KINDS = ("frames", "video")
 SPLIT_MODES = {"train": "train", "val": "val", "test": "test"}
 
 
+def focus_inputs(batch: Mapping) -> dict:
+    """``{"focus_frames": ...}`` when a batch has separate focus frames (``num_focus_segments``), else ``{}``."""
+    return {"focus_frames": batch["focus_frames"]} if "focus_frames" in batch else {}
+
+
 class VideoDataModule(pl.LightningDataModule):
     """Train/val/test loaders over the official list files (facts page, "Data").
 
@@ -51,6 +56,7 @@ class VideoDataModule(pl.LightningDataModule):
         frame_template: str = "image_{:05d}.jpg",
         num_classes: int = 200,
         num_segments: int = 16,
+        num_focus_segments: int | None = None,
         train_size: int = 224,
         scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
         flip: bool = True,
@@ -82,7 +88,8 @@ class VideoDataModule(pl.LightningDataModule):
         self.list_format = list_format
         self.frame_template = frame_template
         self.num_classes = int(num_classes)
-        self.num_segments = int(num_segments)
+        self.num_segments = int(num_segments)  # frames per clip (f_G's, and f_L's unless num_focus_segments)
+        self.num_focus_segments = None if num_focus_segments is None else int(num_focus_segments)  # AdaFocus-TSM's f_L
         self.train_transform = ClipTrainTransform(train_size, tuple(scales), flip)
         self.eval_transform = ClipEvalTransform(eval_resize, eval_crop, resize_mode)
         self.boxes = dict(boxes or {})
@@ -147,6 +154,7 @@ class VideoDataModule(pl.LightningDataModule):
             boxes_file=self.boxes.get(split),
             list_format=self.list_format,
             min_frames=self.min_frames,
+            num_focus_segments=self.num_focus_segments,
         )
         if self.kind == "frames":
             return FrameFolderDataset(frame_template=self.frame_template, first_index=self.first_index, **common)
@@ -214,7 +222,10 @@ class VideoDataModule(pl.LightningDataModule):
 
     # -- device-side normalisation ---------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """uint8 ``frames`` → float32 normalised with ``mean``/``std`` (ImageNet by default), on the device."""
-        if isinstance(batch, dict) and "frames" in batch and batch["frames"].dtype == torch.uint8:
-            batch["frames"] = normalize_on_device(batch["frames"], self.mean, self.std)
+        """uint8 ``frames`` (and ``focus_frames``) → float32 normalised with ``mean``/``std`` (ImageNet by
+        default), on the device."""
+        if isinstance(batch, dict):
+            for key in ("frames", "focus_frames"):
+                if key in batch and batch[key].dtype == torch.uint8:
+                    batch[key] = normalize_on_device(batch[key], self.mean, self.std)
         return batch

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adafocus_pl.data.listfile import VideoRecord, parse_list_file
-from adafocus_pl.data.sampling import SegmentSampler
+from adafocus_pl.data.sampling import GlanceFocusSampler, SegmentSampler
 
 try:  # libjpeg-turbo through torchvision: about 2x faster than PIL on 96x96 and 480x360 frames
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
@@ -76,6 +76,7 @@ class ClipDataset(Dataset):
         num_classes: int | None = None,
         boxes_file: str | os.PathLike | None = None,
         min_frames: int = 3,
+        num_focus_segments: int | None = None,
     ):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -93,7 +94,10 @@ class ClipDataset(Dataset):
             num_classes = 1 + max(label for record in self.records for label in record.labels)
             log.info("%s: num_classes not given, using %d (largest label + 1)", self.list_file, num_classes)
         self.num_classes = int(num_classes)
-        self.sampler = SegmentSampler(num_segments, mode)
+        # AdaFocus-TSM: separate focus frames, read with the glance frames and given the very same crop
+        self.num_segments, self.num_focus_segments = int(num_segments), num_focus_segments
+        self.sampler = (SegmentSampler(num_segments, mode) if num_focus_segments is None
+                        else GlanceFocusSampler(num_segments, num_focus_segments, mode))
         self.transform = transform
         self.boxes_file = resolve_under(self.root, boxes_file) if boxes_file else None
         self.boxes, self._box_rows = (self._pack_boxes(self.boxes_file) if self.boxes_file else (None, {}))
@@ -156,6 +160,11 @@ class ClipDataset(Dataset):
         }
         if boxes is not None:
             out["boxes"] = boxes.float()
+        if self.num_focus_segments is not None:  # [glance frames | focus frames] -> two entries
+            t = self.num_segments
+            out["frames"], out["focus_frames"] = frames[:t], frames[t:]
+            if boxes is not None:
+                out["boxes"], out["focus_boxes"] = out["boxes"][:t], out["boxes"][t:]
         return out
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -182,9 +191,10 @@ class FrameFolderDataset(ClipDataset):
         first_index: int = 1,
         boxes_file: str | os.PathLike | None = None,
         min_frames: int = 3,
+        num_focus_segments: int | None = None,
     ):
         super().__init__(root, list_file, list_format, num_segments, mode, transform, num_classes, boxes_file,
-                         min_frames)
+                         min_frames, num_focus_segments)
         self.frame_template = frame_template
         self.first_index = int(first_index)
         self._counts: dict[str, int] = {}
@@ -274,9 +284,10 @@ class VideoFileDataset(ClipDataset):
         min_frames: int = 3,
         seek_min_gap: int = 64,
         cache_dir: str | os.PathLike | None = None,
+        num_focus_segments: int | None = None,
     ):
         super().__init__(root, list_file, list_format, num_segments, mode, transform, num_classes, boxes_file,
-                         min_frames)
+                         min_frames, num_focus_segments)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.decoder_threads = max(1, int(decoder_threads))
         self.seek_min_gap = int(seek_min_gap)

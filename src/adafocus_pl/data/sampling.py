@@ -44,3 +44,20 @@ class SegmentSampler:
         else:
             offsets = lengths // 2  # = the release's int(tick / 2 + tick * k) when T divides N
         return (starts[:-1] + offsets).tolist()
+
+
+class GlanceFocusSampler:
+    """Two TSN clips of one video, concatenated: ``num_segments`` glance frames, then ``num_focus_segments`` focus
+    frames (AdaFocus-TSM, paper Sec. 4.2: 8 frames for f_G, 12 for f_L). Both are drawn over the whole video."""
+
+    def __init__(self, num_segments: int, num_focus_segments: int, mode: str = "train"):
+        self.glance = SegmentSampler(num_segments, mode)
+        self.focus = SegmentSampler(num_focus_segments, mode)
+        self.num_segments, self.num_focus_segments, self.mode = num_segments, num_focus_segments, mode
+
+    def __repr__(self) -> str:
+        return (f"GlanceFocusSampler(num_segments={self.num_segments}, num_focus_segments={self.num_focus_segments}, "
+                f"mode={self.mode!r})")
+
+    def __call__(self, num_frames: int, generator: torch.Generator | None = None) -> list[int]:
+        return self.glance(num_frames, generator) + self.focus(num_frames, generator)

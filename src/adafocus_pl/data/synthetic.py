@@ -6,6 +6,11 @@ flat mid-grey; the target's on/off pattern is its class code. A 4x downsample av
 the flat grey, so at glance resolution all classes look like the same ring and only a full-resolution patch
 on the target reads the class.
 
+The ``motion`` task (``task="motion"``, for AdaFocus-TSM, paper Sec. 4.2) keeps the glyphs but makes the class the
+direction in which a bar of checkerboard cells moves through the target's interior (one cell per frame, wrapping
+around): up, down, left or right. Any single frame shows only a row or a column (the axis, not the sign), so the
+class needs temporal modelling; the glyphs drift slowly, as the regions of interest in Something-Something do.
+
 Output layout (see ``docs/interfaces.md``)::
 
     meta.json  classes.txt  {train,val,test}.txt  boxes_{train,val,test}.json
@@ -37,6 +42,9 @@ SPLITS = ("train", "val", "test")
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _CODE_SEED = 2021  # fixed: the class codes are part of the benchmark's definition, not of the data seed
 _VIDEO_NAME = re.compile(r"^videos/(train|val|test)/\d{6}\.mp4$")
+TASKS = ("code", "motion")
+# the motion task's classes: the bar's step (d_row, d_col) per frame
+MOTIONS = {"bar_up": (-1, 0), "bar_down": (1, 0), "bar_left": (0, -1), "bar_right": (0, 1)}
 
 
 def _f(default, help_text: str):
@@ -72,8 +80,14 @@ class SyntheticSpec:
     num_test: int = _f(500, "test videos")
     fps: int = _f(8, "frame rate written into the videos")
     seed: int = _f(0, "data seed (codes do not depend on it)")
+    task: str = _f("code", "what the class is: 'code' (the target's texture code) or 'motion' (the direction a bar "
+                           "of texture moves in the target: up/down/left/right, needs temporal modelling)")
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "motion" and not 2 <= self.num_classes <= len(MOTIONS):
+            raise ValueError(f"the motion task has {len(MOTIONS)} directions: num_classes must be 2..{len(MOTIONS)}")
         interior = self.glyph_size - 2 * self.border
         if interior <= 0 or interior % self.cell_size:
             raise ValueError("glyph_size - 2*border must be a positive multiple of cell_size")
@@ -123,7 +137,9 @@ def class_codes(spec: SyntheticSpec) -> np.ndarray:
 
 
 def class_names(spec: SyntheticSpec) -> list[str]:
-    """One readable name per class: index and the code as hex."""
+    """One readable name per class: index and the code as hex (motion task: the direction)."""
+    if spec.task == "motion":
+        return list(MOTIONS)[: spec.num_classes]
     width = (spec.grid**2 + 3) // 4
     names = []
     for i, code in enumerate(class_codes(spec)):
@@ -145,6 +161,24 @@ def render_glyph(spec: SyntheticSpec, code: np.ndarray, border_value: float, pha
     on = np.kron(np.asarray(code, dtype=np.float32).reshape(spec.grid, spec.grid), np.ones((c, c)))
     glyph[b : g - b, b : g - b] = spec.grey + on * checker
     return glyph
+
+
+def render_motion_glyphs(spec: SyntheticSpec, direction: int, border_value: float, rng: np.random.Generator
+                         ) -> np.ndarray:
+    """Motion task: ``[F, G, G]`` glyphs whose textured bar (a row or a column of cells) steps one cell per frame
+    in ``MOTIONS``' ``direction``, wrapping around, from a random start and with a random checkerboard phase."""
+    d_row, d_col = list(MOTIONS.values())[direction]
+    start, phase, n = int(rng.integers(spec.grid)), int(rng.integers(2)), spec.grid
+    glyphs = []
+    for t in range(spec.num_frames):
+        position = (start + t * (d_row + d_col)) % n
+        code = np.zeros((n, n), dtype=np.uint8)
+        if d_row:
+            code[position] = 1
+        else:
+            code[:, position] = 1
+        glyphs.append(render_glyph(spec, code.reshape(-1), border_value, phase))
+    return np.stack(glyphs)
 
 
 def render_background(spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
@@ -196,24 +230,30 @@ def render_video(
     spec: SyntheticSpec, rng: np.random.Generator, label: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Render one video: frames uint8 ``[F, H, W, 3]``, target boxes int64 ``[F, 4]`` (x0, y0, x1, y1), label."""
-    codes = class_codes(spec)
     if label is None:
         label = int(rng.integers(spec.num_classes))
     background = _to_uint8(render_background(spec, rng))
-    sprites = []  # (glyph, track); drawn in order, so the target (last) is never occluded
+    motion = spec.task == "motion"
+
+    def glyphs(code_or_direction, border_value: float) -> np.ndarray:  # [F, G, G] uint8
+        if motion:
+            return _to_uint8(render_motion_glyphs(spec, code_or_direction, border_value, rng))
+        glyph = render_glyph(spec, code_or_direction, border_value, int(rng.integers(2)))
+        return np.repeat(_to_uint8(glyph)[None], spec.num_frames, axis=0)
+
+    sprites = []  # (glyphs [F, G, G], track); drawn in order, so the target (last) is never occluded
     for _ in range(spec.num_distractors):
-        code = rng.integers(0, 2, size=spec.grid**2)
-        glyph = render_glyph(spec, code, spec.distractor_border, int(rng.integers(2)))
-        sprites.append((_to_uint8(glyph), render_track(spec, rng)))
-    target = render_glyph(spec, codes[label], spec.target_border, int(rng.integers(2)))
-    sprites.append((_to_uint8(target), render_track(spec, rng)))
+        distractor = int(rng.integers(len(MOTIONS))) if motion else rng.integers(0, 2, size=spec.grid**2)
+        sprites.append((glyphs(distractor, spec.distractor_border), render_track(spec, rng)))
+    sprites.append((glyphs(label if motion else class_codes(spec)[label], spec.target_border),
+                    render_track(spec, rng)))
 
     g = spec.glyph_size
     frames = np.repeat(background[None], spec.num_frames, axis=0)
     for t, frame in enumerate(frames):
-        for glyph, track in sprites:
+        for sprite, track in sprites:
             x, y = track[t]
-            frame[y : y + g, x : x + g] = glyph
+            frame[y : y + g, x : x + g] = sprite[t]
     if spec.frame_noise_std > 0:
         frames = _to_uint8(frames + rng.normal(0.0, spec.frame_noise_std, size=frames.shape))
     boxes = np.concatenate([sprites[-1][1], sprites[-1][1] + g], axis=1)
@@ -280,7 +320,7 @@ def build_meta(spec: SyntheticSpec) -> dict:
         "spec": dataclasses.asdict(spec),
         "num_classes": spec.num_classes,
         "classes": class_names(spec),
-        "codes": ["".join(map(str, c)) for c in class_codes(spec)],
+        "codes": [] if spec.task == "motion" else ["".join(map(str, c)) for c in class_codes(spec)],
         "frame_size": [spec.frame_size, spec.frame_size],
         "num_frames": spec.num_frames,
         "fps": spec.fps,
@@ -297,7 +337,10 @@ def _is_current(out_dir: Path, spec: SyntheticSpec) -> bool:
         meta = read_meta(out_dir)
     except (OSError, ValueError):
         return False
-    return meta.get("generator_version") == GENERATOR_VERSION and meta.get("spec") == dataclasses.asdict(spec)
+    if meta.get("generator_version") != GENERATOR_VERSION or not isinstance(meta.get("spec"), dict):
+        return False
+    # a field added since (e.g. task) is missing from older metas, which were written with its default
+    return {**dataclasses.asdict(SyntheticSpec()), **meta["spec"]} == dataclasses.asdict(spec)
 
 
 def _listed_videos(out_dir: Path) -> set[str]:

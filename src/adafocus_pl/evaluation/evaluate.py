@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.evaluation.flops import component_gflops, gflops_per_video
 from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
 from adafocus_pl.models.adafocus import AdaFocusNet
+from adafocus_pl.models.build import build_network
 from adafocus_pl.models.skipping import solve_keep_thresholds
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     if "adafocus_stage" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not an adafocus-pl stage checkpoint (no 'adafocus_stage' entry)")
     hparams = ckpt["hyper_parameters"]
-    net = AdaFocusNet(**hparams["net"])
+    net = build_network(hparams["net"])
     net.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
     stage = int(ckpt["adafocus_stage"])
     policy = hparams.get("patch_policy") or ("random" if stage == 1 else "learned")
@@ -86,15 +88,17 @@ def run_split(net: AdaFocusNet, loader, datamodule, device, patch_policy: str, k
                                             "coverage": []}
     first = None
     for batch in _batches(loader, datamodule, device, desc):
-        out = net(batch["frames"], patch_policy=patch_policy, generator=generator, keep_threshold=keep_threshold)
+        out = net(batch["frames"], patch_policy=patch_policy, generator=generator, keep_threshold=keep_threshold,
+                  **focus_inputs(batch))
         scores = F.softmax(out["logits"].float(), dim=-1)
         parts["scores"].append(scores.cpu())
         parts["labels"].append(batch["label"].cpu())
         parts["targets"].append(batch["target"].cpu())
         if out["keep"] is not None:
             parts["keep"].append(out["keep"].cpu())
-        if out["offsets"] is not None and "boxes" in batch:
-            hit, coverage = patch_box_overlap(out["offsets"], net.patch_size, batch["boxes"])
+        boxes = batch.get("focus_boxes", batch.get("boxes"))  # patches come from the focus frames
+        if out["offsets"] is not None and boxes is not None:
+            hit, coverage = patch_box_overlap(out["offsets"], net.patch_size, boxes)
             parts["hit"].append(hit.cpu())
             parts["coverage"].append(coverage.cpu())
         if first is None:

@@ -14,6 +14,10 @@ without its ``fc`` @96/128/144/160/176/192/224 = 0.751/1.335/1.758/2.085/2.606/3
 GFLOPs per video as in paper Table 1 / Fig. 5. Per frame (Sec. 3.4): f_G on the (glance-sized) frame, one step
 of pi (and of AdaFocus+'s pi'), f_L on one PxP patch, one step of f_C; a video costs T times that, f_L counted
 only on the frames it runs on.
+
+AdaFocus-TSM (Table 3) is counted per clip instead (its parts carry ``per_clip``): f_G over the T_G glance frames,
+T_G steps of pi (its actor once), f_L over the T_L patches (or whole frames for the TSM / TSM+ baselines) and one
+linear f_C; the temporal shift moves memory and costs nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from fvcore.nn.jit_handles import (
 from torch import nn
 
 from adafocus_pl.models.adafocus import AdaFocusNet
+from adafocus_pl.models.build import build_network
 
 # the only ops counted: multiply-adds of convolutions and matrix products (weights times activations); every
 # other traced op (batch_norm, relu, add, mul, sigmoid, tanh, mean, pooling, softmax, interpolation) counts 0
@@ -74,10 +79,36 @@ def _policy_decision(policy, glance_map: torch.Tensor, h: torch.Tensor) -> torch
     return policy.actor(policy.gru(policy.encode(glance_map), h))
 
 
+def _policy_over_clip(policy, glance_maps: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """AdaFocus-TSM's pi: T_G steps over the glance maps ``[T_G, C, h, w]``, then its actor once (Sec. 4.2)."""
+    for t in range(glance_maps.shape[0]):
+        h = policy.gru(policy.encode(glance_maps[t:t + 1]), h)
+    return policy.actor(h)
+
+
+def clip_component_gflops(net) -> dict[str, float]:
+    """AdaFocus-TSM's components per clip (see the module docstring); ``per_clip`` marks the dict."""
+    param = next(net.parameters())
+    device, dtype = param.device, param.dtype
+    frames = torch.zeros(net.focus_frames, 3, net.patch_size, net.patch_size, device=device, dtype=dtype)
+    features = torch.zeros(1, net.classifier.in_features, device=device, dtype=dtype)
+    parts = {"per_clip": 1.0, "glance": 0.0, "policy": 0.0,
+             "local": count_gflops(net.local, lambda f, x: f(x), frames),
+             "classifier": count_gflops(net.classifier, lambda c, x: c(x), features)}
+    if net.glance is not None:
+        glance = torch.zeros(net.glance_frames, 3, *net.frame_hw, device=device, dtype=dtype)
+        parts["glance"] = count_gflops(net.glance, lambda g, x: g.forward_features(x), glance)
+    if net.policy is not None:
+        maps = torch.zeros(net.glance_frames, net.glance.num_features, *net.glance_map_hw, device=device, dtype=dtype)
+        parts["policy"] = count_gflops(net.policy, _policy_over_clip, maps, net.policy.init_state(1, device))
+    return parts
+
+
 @torch.no_grad()
 def component_gflops(net: AdaFocusNet) -> dict[str, float]:
     """GFLOPs of one frame through each component: ``glance`` (f_G), ``policy`` (pi), ``local`` (f_L on one
     PxP patch), ``classifier`` (f_C), and ``skip_policy`` (AdaFocus+'s pi') only when the network has one.
+    For AdaFocus-TSM (one location per clip) the same keys per clip, with ``per_clip`` set.
 
     The inputs are zeros on the network's device; the network's train/eval modes are restored afterwards.
     """
@@ -86,6 +117,8 @@ def component_gflops(net: AdaFocusNet) -> dict[str, float]:
     modes = {module: module.training for module in net.modules()}
     net.eval()
     try:
+        if getattr(net, "locations_per_clip", None) == 1:
+            return clip_component_gflops(net)
         frame = torch.zeros(1, 3, *(net.glance_hw or net.frame_hw), device=device, dtype=dtype)
         glance_map = torch.zeros(1, net.glance.num_features, *net.glance_map_hw, device=device, dtype=dtype)
         policy_state = net.policy.init_state(1, device)
@@ -114,7 +147,8 @@ _CACHE: dict[str, dict[str, float]] = {}
 
 def _signature(net: AdaFocusNet) -> str:
     """What the count depends on: every layer's hyper-parameters and shapes (``repr``) and the input sizes."""
-    sizes = (net.frame_hw, net.glance_hw, net.patch_size, getattr(net, "glance_map_hw", None))
+    sizes = (net.frame_hw, net.glance_hw, net.patch_size, getattr(net, "glance_map_hw", None),
+             getattr(net, "glance_frames", None), getattr(net, "focus_frames", None))
     return f"{type(net).__qualname__}{sizes}\n{net!r}"
 
 
@@ -126,7 +160,7 @@ def cached_component_gflops(net: AdaFocusNet) -> dict[str, float]:
     return dict(_CACHE[key])
 
 
-def flops_network(model_cfg: Mapping[str, Any], frame_hw: tuple[int, int] | int | None = None) -> AdaFocusNet:
+def flops_network(model_cfg: Mapping[str, Any], frame_hw: tuple[int, int] | int | None = None):
     """The network a ``model`` config describes (at frames of ``frame_hw`` when given), with random weights: the
     count needs no checkpoint, so ``*_pretrained`` are dropped (nothing is read or downloaded)."""
     from omegaconf import DictConfig, OmegaConf
@@ -135,7 +169,7 @@ def flops_network(model_cfg: Mapping[str, Any], frame_hw: tuple[int, int] | int 
     kwargs.update(glance_pretrained=None, local_pretrained=None)
     if frame_hw is not None:
         kwargs["frame_size"] = [frame_hw, frame_hw] if isinstance(frame_hw, int) else list(frame_hw)
-    return AdaFocusNet(**kwargs)
+    return build_network(kwargs)
 
 
 _CONFIG_CACHE: dict[str, dict[str, float]] = {}
@@ -162,9 +196,12 @@ def gflops_per_video(parts: Mapping[str, float], num_frames: int, use_local: boo
     Facts page, "FLOPs": AdaFocus+ FLOPs = sum over frames of (f_G + policies + f_C) + kept fraction x f_L(P).
     pi (and pi' when ``parts`` has ``skip_policy``) run on every frame; ``local_fraction`` of the frames go
     through f_L. ``use_local=False`` is the glance-only network (f_G + f_C: no policy, no f_L).
+    AdaFocus-TSM's ``per_clip`` parts already hold a whole clip: ``num_frames`` is then ignored.
     """
     if not 0.0 <= local_fraction <= 1.0:
         raise ValueError(f"local_fraction must be in [0, 1], got {local_fraction}")
+    if parts.get("per_clip"):
+        num_frames = 1
     per_frame = parts["glance"] + parts["classifier"]
     if use_local:
         per_frame += parts["policy"] + parts.get("skip_policy", 0.0) + local_fraction * parts["local"]
@@ -210,7 +247,8 @@ def gflops_markdown(parts: Mapping[str, float], num_frames: int,
     names = {"glance": "f_G", "policy": "pi", "skip_policy": "pi'", "local": "f_L", "classifier": "f_C",
              **dict(labels or {})}
     lines = [f"# {title}", ""] if title else []
-    lines += ["| component | GFLOPs / frame | MFLOPs / frame |", "|---|---:|---:|"]
+    unit = "clip" if parts.get("per_clip") else "frame"  # AdaFocus-TSM's parts hold a whole clip
+    lines += [f"| component | GFLOPs / {unit} | MFLOPs / {unit} |", "|---|---:|---:|"]
     for key in ("glance", "policy", "skip_policy", "local", "classifier"):
         if key in parts:
             lines.append(f"| {names[key]} | {_fmt(parts[key])} | {_fmt(parts[key] * 1e3)} |")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution
 
 from adafocus_pl.models.classifier import FrameAverageClassifier, RecurrentClassifier
 from adafocus_pl.models.patches import (
@@ -40,6 +41,8 @@ class AdaFocusNet(nn.Module):
     Sub-modules: ``glance`` (f_G), ``local`` (f_L), ``policy`` (pi), ``classifier`` (f_C).
     ``frame_size`` is the (H, W) of the input frames; it fixes the candidate grid and the policy's input size.
     """
+
+    locations_per_clip = None  # a patch location per frame (AdaFocus-TSM: one per video)
 
     def __init__(
         self,
@@ -199,6 +202,40 @@ class AdaFocusNet(nn.Module):
         """Eq. (4): per-step logits ``[B, T, K]`` from e_G-bar ``[B, T, F_G]`` and e_L-bar ``[B, T, F_L]``."""
         return self.classifier(self.classifier_inputs(glance_features, local_features, keep))
 
+    def action_distribution(self, policy_logits: Tensor) -> Distribution:
+        """pi's categorical distribution over the grid candidates (Eq. 3), for PPO's log-probabilities."""
+        return Categorical(logits=policy_logits.float())
+
+    def score_patches(self, frames: Tensor, glance_maps: Tensor, offsets: Sequence[Tensor],
+                      keep: Tensor | None = None, focus_frames: Tensor | None = None) -> list[Tensor]:
+        """f_C's logits ``[B, T, K]`` for alternative patches scored from the same h_{t-1} (Stage II's rewards).
+
+        ``offsets[0]`` (the policy's patches ``[B, T, 2]``) advances f_C's state, the others (e.g. one random patch
+        per frame, Eq. 7) are only scored; f_L runs once over all of them. With AdaFocus+'s ``keep [B, T]`` (b_t)
+        the list also ends with the logits for zero local features (the frame skipped, Eq. 10), and the state
+        advances with the policy's patch where b_t = 1 and with zeros where b_t = 0.
+        """
+        if focus_frames is not None:
+            raise ValueError("AdaFocusNet glances at and focuses on the same frames: leave data.num_focus_segments null")
+        batch, steps = frames.shape[:2]
+        n = len(offsets)
+        local = self.local_features(self.crop(frames.repeat(n, 1, 1, 1, 1), torch.cat(list(offsets)))).chunk(n)
+        glance = glance_maps.mean(dim=(-2, -1))
+        zeros = local[0].new_zeros(local[0][:, 0].shape)
+        state = self.classifier.init_state(batch, frames.device)
+        scores: list[list[Tensor]] = [[] for _ in range(n + (keep is not None))]
+        for t in range(steps):
+            stepped = [self.classifier.step(self.classifier_inputs(glance[:, t], part[:, t]), state) for part in local]
+            for i, (logits, _) in enumerate(stepped):
+                scores[i].append(logits)
+            new_state = stepped[0][1]
+            if keep is not None:
+                logits_skip, state_skip = self.classifier.step(self.classifier_inputs(glance[:, t], zeros), state)
+                scores[-1].append(logits_skip)
+                new_state = torch.where(keep[:, t, None], new_state, state_skip)
+            state = new_state
+        return [torch.stack(s, dim=1) for s in scores]
+
     def select_actions(self, policy_logits: Tensor, sample: bool = False, generator: torch.Generator | None = None):
         """Argmax of pi (test time) or a draw from its categorical distribution (training), shape ``[...]``."""
         if not sample:
@@ -236,6 +273,7 @@ class AdaFocusNet(nn.Module):
         keep: Tensor | None = None,
         keep_threshold: float | None = None,
         batch_keep_ratio: float | None = None,
+        focus_frames: Tensor | None = None,
     ) -> dict[str, Tensor | None]:
         """Offline path (Sec. 3.4): f_G over all frames, pi steps on cheap features, one crop, f_L over all patches,
         f_C steps.
@@ -254,6 +292,9 @@ class AdaFocusNet(nn.Module):
         """
         if patch_policy not in PATCH_POLICIES:
             raise ValueError(f"patch_policy must be one of {PATCH_POLICIES}, got {patch_policy!r}")
+        if focus_frames is not None:
+            raise ValueError("AdaFocusNet glances at and focuses on the same frames: leave data.num_focus_segments "
+                             "null (separate focus frames are for AdaFocus-TSM, model=adafocus_tsm)")
         self._check_frames(frames)
         batch, steps = frames.shape[:2]
         glance_maps = self.glance_maps(frames)

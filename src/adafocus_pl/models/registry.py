@@ -54,8 +54,13 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
-def create_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
-    """Build backbone ``name`` with ``kwargs``; optionally load weights.
+def create_backbone(name: str, pretrained: str | os.PathLike | None = None, temporal_shift: int | None = None,
+                    shift_fold_div: int = 8, **kwargs) -> nn.Module:
+    """Build backbone ``name`` with ``kwargs``; optionally with a temporal shift and pretrained weights.
+
+    ``temporal_shift``: None, or the frames per clip T for a TSM backbone (:mod:`adafocus_pl.models.temporal_shift`;
+    ``shift_fold_div`` = 8 moves C/8 channels each way); it then takes whole clips ``[N * T, 3, H, W]``. The shift
+    keeps every parameter name, so the same weights files load with or without it.
 
     ``pretrained``: None (random init), a path to a local file holding a torchvision-layout state dict (or a dict
     with a ``"state_dict"`` entry), or the string ``"torchvision"`` for torchvision's ImageNet weights (the only
@@ -65,6 +70,10 @@ def create_backbone(name: str, pretrained: str | os.PathLike | None = None, **kw
     if name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(_BACKBONES))}")
     model = _BACKBONES[name](**kwargs)
+    if temporal_shift:
+        from adafocus_pl.models.temporal_shift import add_temporal_shift
+
+        add_temporal_shift(model, temporal_shift, shift_fold_div)
     if pretrained is None:
         return model
     if isinstance(pretrained, str) and pretrained == "torchvision":

@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
-from adafocus_pl.models.adafocus import AdaFocusNet
+from adafocus_pl.models.build import build_network
 
 NET_PARTS = ("glance", "policy", "skip_policy", "local", "classifier")  # skip_policy: AdaFocus+'s pi' (or None)
 # the network settings that must agree between a checkpoint and the run that loads it
-SHAPE_KEYS = ("num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size", "classifier")
+SHAPE_KEYS = ("architecture", "num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size", "classifier",
+              "location_policy", "glance_frames", "focus_frames", "temporal_shift", "use_glance")
 # val/test metrics come from records gathered over all ranks (the same on every rank): no sync_dist needed
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/")
 # ... and every video is evaluated once (the DistributedSampler's repeats are dropped): no need for devices=1
@@ -77,9 +79,11 @@ class StageModule(pl.LightningModule):
         if unknown:
             raise ValueError(f"stage.module.trainable has unknown parts {unknown}; choose from {list(NET_PARTS)}")
         self.save_hyperparameters()
-        self.net = AdaFocusNet(**net)
+        self.net = build_network(net)
         if "skip_policy" in trainable and not self.net.has_skip_policy:
             trainable = [part for part in trainable if part != "skip_policy"]  # AdaFocus: no pi' to train
+        # parts this network does not have (the TSM baseline has no f_G and no pi)
+        trainable = [part for part in trainable if getattr(self.net, part) is not None]
         if channels_last:  # NHWC convolutions: ~1.5-2x faster on CPUs and tensor cores
             self.net.to(memory_format=torch.channels_last)
         self.trainable = list(trainable)
@@ -187,18 +191,19 @@ class StageModule(pl.LightningModule):
     # ----------------------------------------------------------------- evaluation
     eval_patch_policy = "learned"  # the patch policy of this stage's val/test ("random" for Stage I, ...)
 
-    def eval_forward(self, frames: torch.Tensor, offsets: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def eval_forward(self, frames: torch.Tensor, offsets: torch.Tensor | None, focus: dict) -> dict[str, torch.Tensor]:
         """Per-step logits ``[B, T, K]`` and patch ``offsets`` ``[B, T, 2]`` (or None) used for val/test.
-        ``offsets``: the patches of a random fixed policy, drawn per video by :meth:`eval_offsets`."""
+        ``offsets``: the patches of a random fixed policy, drawn per video by :meth:`eval_offsets`; ``focus``:
+        :func:`focus_inputs` of the batch."""
         raise NotImplementedError
 
     def eval_offsets(self, frames: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
         """Random / Gaussian evaluation patches drawn from a generator seeded by (seed, video index): the same
         patches for a video whatever the batch or the DDP rank it lands in, so eval metrics are reproducible and
         equal on 1 or N processes."""
-        if self.eval_patch_policy not in ("random", "gaussian"):
+        if self.eval_patch_policy not in ("random", "gaussian") or getattr(self.net, "full_frame", False):
             return None
-        steps = frames.shape[1]
+        steps = self.net.locations_per_clip or frames.shape[1]
         return torch.cat([
             self.net.fixed_offsets(self.eval_patch_policy, 1, steps, frames.device,
                                    torch.Generator().manual_seed(self.eval_seed * 1_000_003 + int(i)))
@@ -206,7 +211,7 @@ class StageModule(pl.LightningModule):
 
     def _eval_step(self, batch: dict) -> None:
         frames = batch["frames"]
-        out = self.eval_forward(frames, self.eval_offsets(frames, batch["index"]))
+        out = self.eval_forward(frames, self.eval_offsets(frames, batch["index"]), focus_inputs(batch))
         logits = out["logits"]
         record = {
             "scores": F.softmax(logits[:, -1].float(), dim=1),  # offline prediction = the last step (Sec. 3.4)
@@ -215,8 +220,9 @@ class StageModule(pl.LightningModule):
             "loss": F.cross_entropy(logits[:, -1].float(), batch["label"], reduction="none"),
             "index": batch["index"],
         }
-        if out.get("offsets") is not None and "boxes" in batch:
-            hit, coverage = patch_box_overlap(out["offsets"], self.net.patch_size, batch["boxes"])
+        boxes = batch.get("focus_boxes", batch.get("boxes"))  # the patches are cut from the focus frames
+        if out.get("offsets") is not None and boxes is not None:
+            hit, coverage = patch_box_overlap(out["offsets"], self.net.patch_size, boxes)
             record["hit"], record["coverage"] = hit.mean(1), coverage.mean(1)
         if out.get("keep") is not None:  # AdaFocus+: the share of frames that ran f_L
             record["keep"] = out["keep"].float().mean(1)

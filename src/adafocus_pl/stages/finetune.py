@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.models.skipping import check_keep_ratio, solve_keep_threshold
 from adafocus_pl.stages.base import StageModule, reachable_parts, sequence_cross_entropy
 
@@ -64,7 +65,7 @@ class FinetuneStage(StageModule):
         if self.plus:
             eta = self.keep_ratios[int(torch.randint(len(self.keep_ratios), ()))]
             skip = {"batch_keep_ratio": eta}
-        out = self._forward(batch["frames"], None, **skip)
+        out = self._forward(batch["frames"], None, **skip, **focus_inputs(batch))
         loss = sequence_cross_entropy(out["logits"], batch["label"])
         self.log("train/loss", loss, prog_bar=True)
         if self.plus:
@@ -106,8 +107,8 @@ class FinetuneStage(StageModule):
     def eval_patch_policy(self) -> str:
         return self.patch_policy
 
-    def eval_forward(self, frames, offsets):
+    def eval_forward(self, frames, offsets, focus):
         skip = {"keep_threshold": self.keep_threshold} if self.plus else {}
         if offsets is not None:  # random / Gaussian baselines: patches drawn per video (see StageModule)
-            return self.net(frames, patch_policy="given", offsets=offsets, **skip)
-        return self._forward(frames, None, **skip)
+            return self.net(frames, patch_policy="given", offsets=offsets, **skip, **focus)
+        return self._forward(frames, None, **skip, **focus)

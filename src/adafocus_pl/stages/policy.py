@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Bernoulli, Categorical
+from torch.distributions import Bernoulli
 
 from adafocus_pl.stages.base import StageModule
 from adafocus_pl.stages.ppo import PPOConfig, ppo_loss, ppo_targets
@@ -44,51 +44,25 @@ class PolicyStage(StageModule):
 
     @torch.no_grad()
     def rollout_confidences(self, frames: torch.Tensor, glance_maps: torch.Tensor, actions: torch.Tensor,
-                            labels: torch.Tensor, keep: torch.Tensor | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Ground-truth confidences ``[B, T]`` with the policy's patches and with one random patch per frame.
-
-        With AdaFocus+'s ``keep [B, T]`` (b_t) also the confidence with zero local features (the frame skipped),
-        each from the same h_{t-1}; h advances with the policy's patch where b_t = 1 and with zeros where b_t = 0.
-        """
+                            labels: torch.Tensor, keep: torch.Tensor | None = None,
+                            focus_frames: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Ground-truth confidences ``[B, T]``: with the policy's patches, with one random patch per frame (per
+        video for AdaFocus-TSM) and, with AdaFocus+'s ``keep [B, T]`` (b_t), with zero local features (the frame
+        skipped), each from the same h_{t-1} (``AdaFocusNet.score_patches``)."""
         net = self.net
-        b, t = actions.shape
         offsets_policy = net.actions_to_offsets(actions)
-        offsets_random = net.fixed_offsets("random", b, t, frames.device)
-        patches = net.crop(frames.repeat(2, 1, 1, 1, 1), torch.cat([offsets_policy, offsets_random]))
-        local = net.local_features(patches)  # f_L once over 2*B*T patches
-        local_policy, local_random = local[:b], local[b:]
-        glance = glance_maps.mean(dim=(-2, -1))
-        state = net.classifier.init_state(b, frames.device)
-        zeros = local_policy.new_zeros(local_policy[:, 0].shape)
-
-        def confidence(logits: torch.Tensor) -> torch.Tensor:
-            return F.softmax(logits.float(), 1).gather(1, labels[:, None]).squeeze(1)
-
-        conf_policy, conf_random, conf_skip = [], [], []
-        for step in range(t):
-            x_policy = net.classifier_inputs(glance[:, step], local_policy[:, step])
-            x_random = net.classifier_inputs(glance[:, step], local_random[:, step])
-            logits_random, _ = net.classifier.step(x_random, state)  # same h_{t-1}, not advanced
-            logits_policy, state_policy = net.classifier.step(x_policy, state)
-            conf_policy.append(confidence(logits_policy))
-            conf_random.append(confidence(logits_random))
-            if keep is None:
-                state = state_policy
-                continue
-            logits_skip, state_skip = net.classifier.step(net.classifier_inputs(glance[:, step], zeros), state)
-            conf_skip.append(confidence(logits_skip))
-            state = torch.where(keep[:, step, None], state_policy, state_skip)
-        if keep is None:
-            return torch.stack(conf_policy, 1), torch.stack(conf_random, 1)
-        return torch.stack(conf_policy, 1), torch.stack(conf_random, 1), torch.stack(conf_skip, 1)
+        offsets_random = net.fixed_offsets("random", *actions.shape[:2], frames.device)
+        scores = net.score_patches(frames, glance_maps, [offsets_policy, offsets_random], keep=keep,
+                                   focus_frames=focus_frames)
+        index = labels[:, None, None].expand(-1, scores[0].shape[1], 1)
+        return [F.softmax(logits.float(), -1).gather(-1, index).squeeze(-1) for logits in scores]
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        frames, labels = batch["frames"], batch["label"]
+        frames, labels, focus_frames = batch["frames"], batch["label"], batch.get("focus_frames")
         with torch.no_grad():
             glance_maps = self.net.glance_maps(frames)
         logits, values = self.net.policy_rollout(glance_maps)
-        dist = Categorical(logits=logits.float())
+        dist = self.net.action_distribution(logits)
         actions = dist.sample()
         old_log_probs = dist.log_prob(actions).detach()
         plus = self.net.has_skip_policy
@@ -102,7 +76,8 @@ class PolicyStage(StageModule):
             skip_rewards = skip_reward(conf_policy, conf_skip, keep, self.skip_cost * self.net.patch_size**2)
             skip_returns, skip_advantages = ppo_targets(skip_rewards, skip_values, self.ppo)
         else:
-            conf_policy, conf_random = self.rollout_confidences(frames, glance_maps, actions, labels)
+            conf_policy, conf_random = self.rollout_confidences(frames, glance_maps, actions, labels,
+                                                                focus_frames=focus_frames)
         rewards = patch_reward(self.reward_kind, conf_policy, conf_random, num_classes=self.net.num_classes)
         returns, advantages = ppo_targets(rewards, values, self.ppo)
 
@@ -110,7 +85,7 @@ class PolicyStage(StageModule):
         for epoch in range(self.ppo_epochs):
             if epoch > 0:  # later PPO epochs re-evaluate the policies on the same rollout
                 logits, values = self.net.policy_rollout(glance_maps)
-                dist = Categorical(logits=logits.float())
+                dist = self.net.action_distribution(logits)
                 if plus:
                     skip_logits, skip_values = self.net.skip_rollout(glance_maps)
                     skip_dist = Bernoulli(logits=skip_logits.float())
@@ -142,6 +117,6 @@ class PolicyStage(StageModule):
         if schedulers is not None:
             schedulers.step()
 
-    def eval_forward(self, frames, offsets):
+    def eval_forward(self, frames, offsets, focus):
         threshold = self.eval_keep_threshold if self.net.has_skip_policy else None
-        return self.net(frames, patch_policy="learned", sample=False, keep_threshold=threshold)
+        return self.net(frames, patch_policy="learned", sample=False, keep_threshold=threshold, **focus)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.stages.base import StageModule, reachable_parts, sequence_cross_entropy
 
 
@@ -21,12 +22,14 @@ class WarmupStage(StageModule):
                          channels_last=channels_last)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.net(batch["frames"], patch_policy="random")
+        out = self.net(batch["frames"], patch_policy="random", **focus_inputs(batch))
         loss = sequence_cross_entropy(out["logits"], batch["label"])
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     eval_patch_policy = "random"
 
-    def eval_forward(self, frames, offsets):
-        return self.net(frames, patch_policy="given", offsets=offsets)
+    def eval_forward(self, frames, offsets, focus):
+        if getattr(self.net, "full_frame", False):  # the TSM / TSM+ baselines have no patches
+            return self.net(frames, **focus)
+        return self.net(frames, patch_policy="given", offsets=offsets, **focus)
