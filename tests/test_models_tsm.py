@@ -218,3 +218,17 @@ def test_full_frame_baselines_train_in_one_supervised_stage(model, motion_data, 
                        weights_only=False)["state_dict"]
     assert not any(k.startswith("net.policy.") for k in state)
     assert any(k.startswith("net.glance.") for k in state) == (model == "tsm_plus")
+
+
+def test_eval_runs_on_an_adafocus_tsm_checkpoint(motion_chain, motion_data, tmp_path):
+    from adafocus_pl.eval import run as run_eval
+
+    ckpt = motion_chain["stage3"] / "checkpoints" / "last.ckpt"
+    overrides = [o for o in motion_overrides(motion_data, tmp_path) if not o.startswith(("debug=", "callbacks."))]
+    result = run_eval(compose("eval", overrides + ["stage=stage3", f"ckpt_path={ckpt}", "eval.fixed_policies=[centre]"]))
+    rows = {row["method"]: row for row in result["rows"]}
+    stage3 = json.loads((motion_chain["stage3"] / "metrics.json").read_text())
+    learned = rows["AdaFocus (learned policy)"]
+    assert learned["top1"] == pytest.approx(stage3["test/top1"])  # the same network, the same test split
+    assert learned["gflops_per_video"] == pytest.approx(rows["centre patches (same weights)"]["gflops_per_video"])
+    assert Path(result["paths"]["md"]).is_file()

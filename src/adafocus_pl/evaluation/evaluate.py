@@ -102,7 +102,8 @@ def run_split(net: AdaFocusNet, loader, datamodule, device, patch_policy: str, k
             parts["hit"].append(hit.cpu())
             parts["coverage"].append(coverage.cpu())
         if first is None:
-            first = {"frames": batch["frames"].cpu(), "labels": batch["label"].cpu(),
+            shown = batch.get("focus_frames", batch["frames"])  # the frames the patches were cut from
+            first = {"frames": shown.cpu(), "labels": batch["label"].cpu(),
                      "predictions": scores[:, -1].argmax(-1).cpu(),
                      "offsets": None if out["offsets"] is None else out["offsets"].cpu(),
                      "keep": None if out["keep"] is None else out["keep"].cpu()}
