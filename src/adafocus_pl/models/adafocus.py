@@ -17,22 +17,17 @@ from torch.distributions import Categorical, Distribution
 
 from adafocus_pl.models.classifier import FrameAverageClassifier, RecurrentClassifier
 from adafocus_pl.models.patches import (
-    centre_offsets,
     check_patch_size,
     crop_patches,
-    gaussian_offsets,
+    fixed_policy_offsets,
+    frame_pair,
     grid_offsets,
-    random_offsets,
 )
-from adafocus_pl.models.policy import PatchPolicy
+from adafocus_pl.models.policy import PatchPolicy, categorical_actions
 from adafocus_pl.models.registry import create_backbone
 from adafocus_pl.models.skipping import batch_keep_mask
 
 PATCH_POLICIES = ("learned", "random", "centre", "gaussian", "given", "none")
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 class AdaFocusNet(nn.Module):
@@ -67,10 +62,10 @@ class AdaFocusNet(nn.Module):
         skip_policy: bool = False,
     ):
         super().__init__()
-        self.frame_hw = _pair(frame_size)
+        self.frame_hw = frame_pair(frame_size)
         self.patch_size = int(patch_size)
         check_patch_size(self.frame_hw, self.patch_size)
-        self.glance_hw = None if glance_size is None else _pair(glance_size)
+        self.glance_hw = None if glance_size is None else frame_pair(glance_size)
         self.grid_size = int(grid_size)
         self.use_glance_features = bool(use_glance_features)
         self.gaussian_std = float(gaussian_std)
@@ -238,27 +233,14 @@ class AdaFocusNet(nn.Module):
 
     def select_actions(self, policy_logits: Tensor, sample: bool = False, generator: torch.Generator | None = None):
         """Argmax of pi (test time) or a draw from its categorical distribution (training), shape ``[...]``."""
-        if not sample:
-            return policy_logits.argmax(dim=-1)
-        probs = torch.softmax(policy_logits.detach().float(), dim=-1)
-        draws = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
-        return draws.reshape(probs.shape[:-1])
+        return categorical_actions(policy_logits, sample=sample, generator=generator)
 
     def fixed_offsets(
         self, patch_policy: str, batch: int, steps: int, device, generator: torch.Generator | None = None
     ) -> Tensor:
         """Offsets ``[B, T, 2]`` of the fixed policies "random" (Eq. 5), "centre" and "gaussian" (Table 5)."""
-        n = batch * steps
-        if patch_policy == "random":
-            offsets = random_offsets(n, self.frame_hw, self.patch_size, generator=generator, device=device)
-        elif patch_policy == "centre":
-            offsets = centre_offsets(n, self.frame_hw, self.patch_size, device=device)
-        elif patch_policy == "gaussian":
-            offsets = gaussian_offsets(
-                n, self.frame_hw, self.patch_size, std=self.gaussian_std, generator=generator, device=device
-            )
-        else:
-            raise ValueError(f"not a fixed patch policy: {patch_policy!r}")
+        offsets = fixed_policy_offsets(patch_policy, batch * steps, self.frame_hw, self.patch_size,
+                                       gaussian_std=self.gaussian_std, generator=generator, device=device)
         return offsets.reshape(batch, steps, 2)
 
     # ------------------------------------------------------------------------------------------------- forward

@@ -24,23 +24,18 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
+from adafocus_pl.models.adafocus import PATCH_POLICIES
 from adafocus_pl.models.patches import (
-    centre_offsets,
     check_patch_size,
     crop_patches,
-    gaussian_offsets,
+    fixed_policy_offsets,
+    frame_pair,
     grid_offsets,
-    random_offsets,
 )
-from adafocus_pl.models.policy import PatchPolicy
+from adafocus_pl.models.policy import PatchPolicy, categorical_actions
 from adafocus_pl.models.registry import create_backbone
 
-PATCH_POLICIES = ("learned", "random", "centre", "gaussian", "given", "none")
 LOCATION_POLICIES = ("categorical", "gaussian", "full")
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 class ConcatLinearClassifier(nn.Module):
@@ -102,7 +97,7 @@ class AdaFocusTSMNet(nn.Module):
         if location_policy != "full" and not use_glance:
             raise ValueError("model.use_glance=false leaves the policy nothing to look at: it is only for the "
                              "full-frame TSM baseline (model.location_policy=full)")
-        self.frame_hw = _pair(frame_size)
+        self.frame_hw = frame_pair(frame_size)
         self.glance_hw = None
         self.full_frame = location_policy == "full"
         self.patch_size = self.frame_hw[0] if self.full_frame else int(patch_size)
@@ -194,10 +189,7 @@ class AdaFocusTSMNet(nn.Module):
             if not sample:
                 return mean
             return mean + self.location_std * torch.randn(mean.shape, generator=generator, device=mean.device)
-        if not sample:
-            return policy_logits.argmax(dim=-1)
-        probs = torch.softmax(policy_logits.detach().float(), dim=-1)
-        return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(probs.shape[:-1])
+        return categorical_actions(policy_logits, sample=sample, generator=generator)
 
     def actions_to_offsets(self, actions: Tensor) -> Tensor:
         """Grid indices ``[...]`` or Gaussian locations ``[..., 2]`` (clamped to [0, 1]) -> offsets ``[..., 2]``."""
@@ -211,16 +203,8 @@ class AdaFocusTSMNet(nn.Module):
                       generator: torch.Generator | None = None) -> Tensor:
         """One location per video ``[B, 1, 2]`` of a fixed policy ("random", "centre", "gaussian"; ``steps`` is
         ignored: the location holds for the whole clip)."""
-        if patch_policy == "random":
-            offsets = random_offsets(batch, self.frame_hw, self.patch_size, generator=generator, device=device)
-        elif patch_policy == "centre":
-            offsets = centre_offsets(batch, self.frame_hw, self.patch_size, device=device)
-        elif patch_policy == "gaussian":
-            offsets = gaussian_offsets(batch, self.frame_hw, self.patch_size, std=self.gaussian_std,
-                                       generator=generator, device=device)
-        else:
-            raise ValueError(f"not a fixed patch policy: {patch_policy!r}")
-        return offsets[:, None]
+        return fixed_policy_offsets(patch_policy, batch, self.frame_hw, self.patch_size, gaussian_std=self.gaussian_std,
+                                    generator=generator, device=device)[:, None]
 
     def local_features(self, focus_frames: Tensor, offsets: Tensor | None) -> Tensor:
         """e_L-bar ``[B, T_L, F_L]``: the video's patch (``offsets [B, 1, 2]``) cropped from every focus frame in

@@ -12,7 +12,8 @@ from torch import Tensor
 FrameSize = int | tuple[int, int]
 
 
-def _frame_hw(frame_hw: FrameSize) -> tuple[int, int]:
+def frame_pair(frame_hw: FrameSize) -> tuple[int, int]:
+    """``(H, W)`` from an int or a pair."""
     if isinstance(frame_hw, int):
         return frame_hw, frame_hw
     height, width = frame_hw
@@ -21,7 +22,7 @@ def _frame_hw(frame_hw: FrameSize) -> tuple[int, int]:
 
 def check_patch_size(frame_hw: FrameSize, patch_size: int) -> tuple[int, int]:
     """Validate ``0 < P < H`` and ``P < W``; return ``(H, W)``."""
-    height, width = _frame_hw(frame_hw)
+    height, width = frame_pair(frame_hw)
     if not 0 < patch_size < min(height, width):
         raise ValueError(
             f"patch size {patch_size} must be positive and smaller than the frame's height and width "
@@ -126,3 +127,25 @@ def gaussian_offsets(
     low = torch.zeros(2, dtype=torch.long, device=noise.device)
     high = torch.tensor([height - patch_size, width - patch_size], device=noise.device)
     return torch.maximum(torch.minimum(offsets, high), low)
+
+
+FIXED_POLICIES = ("random", "centre", "gaussian")
+
+
+def fixed_policy_offsets(
+    patch_policy: str,
+    n: int,
+    frame_hw: FrameSize,
+    patch_size: int,
+    gaussian_std: float = 0.25,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Offsets ``[n, 2]`` of a fixed policy: "random" (Eq. 5), "centre" or "gaussian" (Table 5)."""
+    if patch_policy == "random":
+        return random_offsets(n, frame_hw, patch_size, generator=generator, device=device)
+    if patch_policy == "centre":
+        return centre_offsets(n, frame_hw, patch_size, device=device)
+    if patch_policy == "gaussian":
+        return gaussian_offsets(n, frame_hw, patch_size, std=gaussian_std, generator=generator, device=device)
+    raise ValueError(f"not a fixed patch policy: {patch_policy!r} (choose one of {FIXED_POLICIES})")

@@ -75,3 +75,12 @@ class PatchPolicy(nn.Module):
             states.append(h)
         logits, values = self.heads(torch.stack(states, dim=1))
         return logits, values
+
+
+def categorical_actions(logits: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    """Argmax of a categorical policy's ``logits [..., A]`` (test time) or one draw from it (training): ``[...]``."""
+    if not sample:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.detach().float(), dim=-1)
+    draws = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    return draws.reshape(probs.shape[:-1])
