@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: help install train sweep report test test-full lint data clean clean-logs
+.PHONY: help install train sweep report bench test test-full lint data clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,13 @@ sweep: $(STAMP)  ## Hydra multirun: the whole stage chain per patch size and var
 
 report: $(STAMP)  ## table + accuracy-vs-GFLOPs plot of every run under logs/synthetic
 	$(BIN)/python -m adafocus_pl.report logs/synthetic
+
+# inference speed on the paper's full-size networks (change it: make bench BENCH="--frames 8 --batch 2")
+BENCH ?=
+
+bench: $(STAMP)  ## wall-clock speed: AdaFocus vs the full-frame baselines, then data loading (clips/s)
+	$(BIN)/python -m adafocus_pl.bench $(BENCH)
+	$(BIN)/python -m adafocus_pl.data.benchmark --synthetic data/synthetic --json logs/bench/data_loading.json
 
 test: $(STAMP)  ## run the test suite (slow tests excluded)
 	$(BIN)/python -m pytest -m "not slow" -q

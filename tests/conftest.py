@@ -40,3 +40,24 @@ def compose_tiny(tiny_synthetic, tmp_path):
         return compose("train", tiny_overrides(tiny_synthetic, tmp_path / "logs") + list(overrides))
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def plus_chain(tiny_synthetic, tmp_path_factory):
+    """Stage I -> II+ -> III+ on the tiny data: ``({"stage1"|"stage2_plus"|"stage3_plus": run dir}, make)`` where
+    ``make(*overrides, config="train")`` composes a config logging beside those runs."""
+    from adafocus_pl.stages.runner import run_stage
+    from adafocus_pl.utils.config import compose
+
+    logs = tmp_path_factory.mktemp("plus_logs")
+
+    def make(*overrides, config="train"):
+        return compose(config, tiny_overrides(tiny_synthetic, logs) + list(overrides))
+
+    dirs = {}
+    for name, overrides in (("stage1", ["stage=stage1"]), ("stage2_plus", ["stage=stage2", "plus=on"]),
+                            ("stage3_plus", ["stage=stage3", "plus=on"])):
+        cfg = make(*overrides)
+        run_stage(cfg)
+        dirs[name] = Path(cfg.paths.output_dir)
+    return dirs, make

@@ -16,8 +16,6 @@ from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.skipping import batch_keep_mask, solve_keep_threshold, solve_keep_thresholds
 from adafocus_pl.stages.rewards import skip_reward
 from adafocus_pl.stages.runner import run_stage
-from adafocus_pl.utils.config import compose
-from tests.conftest import tiny_overrides
 
 
 def tiny_plus_net(**kwargs) -> AdaFocusNet:
@@ -131,22 +129,6 @@ def test_eq10_reward_by_hand():
 
 
 # ------------------------------------------------------------------------------------------------ the chain
-@pytest.fixture(scope="module")
-def plus_chain(tiny_synthetic, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("plus_logs")
-
-    def make(*overrides, config="train"):
-        return compose(config, tiny_overrides(tiny_synthetic, logs) + list(overrides))
-
-    dirs = {}
-    for name, overrides in (("stage1", ["stage=stage1"]), ("stage2_plus", ["stage=stage2", "plus=on"]),
-                            ("stage3_plus", ["stage=stage3", "plus=on"])):
-        cfg = make(*overrides)
-        run_stage(cfg)
-        dirs[name] = Path(cfg.paths.output_dir)
-    return dirs, make
-
-
 def test_plus_runs_in_their_own_directories_and_stage2_trains_only_the_policies(plus_chain):
     dirs, _ = plus_chain
     assert dirs["stage2_plus"].parts[-3] == "stage2_plus" and dirs["stage3_plus"].parts[-3] == "stage3_plus"

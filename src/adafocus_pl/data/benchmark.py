@@ -2,6 +2,10 @@
 
     python -m adafocus_pl.data.benchmark --videos-root ROOT --video-list L --frames-root FROOT --frames-list FL
         [--num-segments 8] [--workers 0 1 2] [--limit N] [--json OUT.json]
+    python -m adafocus_pl.data.benchmark --synthetic data/synthetic     # (make bench) the synthetic val split
+
+``--synthetic DIR`` renders the synthetic benchmark into DIR when it is missing, extracts its validation videos
+into frame folders once (``DIR/.frames_val``, with ``extract_frames``) and benchmarks the two.
 
 Reference rows: raw PyAV on the same files (open + decode every frame, then also ``to_ndarray("rgb24")``; one
 process, one decoder thread, no dataset logic). Each number is the best of ``--repeats`` full passes, worker
@@ -56,11 +60,13 @@ def time_raw_pyav(paths: list[Path], repeats: int, rgb: bool) -> tuple[float, in
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m adafocus_pl.data.benchmark", description=__doc__.split("\n")[0])
-    parser.add_argument("--videos-root", type=Path, required=True)
-    parser.add_argument("--video-list", required=True, help="list of the encoded videos (relative to the root)")
+    parser.add_argument("--synthetic", type=Path, default=None, metavar="DIR",
+                        help="benchmark the synthetic benchmark's val split in DIR (sets the four paths below)")
+    parser.add_argument("--videos-root", type=Path)
+    parser.add_argument("--video-list", help="list of the encoded videos (relative to the root)")
     parser.add_argument("--video-list-format", default="video", choices=("video", "comma", "space"))
-    parser.add_argument("--frames-root", type=Path, required=True)
-    parser.add_argument("--frames-list", required=True, help="list of the frame folders (relative to the root)")
+    parser.add_argument("--frames-root", type=Path)
+    parser.add_argument("--frames-list", help="list of the frame folders (relative to the root)")
     parser.add_argument("--frames-list-format", default="comma", choices=("comma", "space", "video"))
     parser.add_argument("--frame-template", default="image_{:05d}.jpg")
     parser.add_argument("--num-segments", type=int, default=8)
@@ -74,8 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_synthetic(args: argparse.Namespace) -> None:
+    """Point ``args`` at the synthetic val videos in ``args.synthetic`` and frame folders extracted from them."""
+    from adafocus_pl.data import extract_frames, synthetic
+
+    root = args.synthetic
+    if not (root / "val.txt").is_file():
+        synthetic.generate(root)
+    frames = root / ".frames_val"
+    if not (frames / "list.txt").is_file():
+        extract_frames.main([str(root), str(frames), "--labels", str(root / "val.txt")])
+    args.videos_root, args.video_list, args.video_list_format = root, "val.txt", "video"
+    args.frames_root, args.frames_list, args.frames_list_format = frames, "list.txt", "comma"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.synthetic is not None:
+        use_synthetic(args)
+    missing = [f"--{name.replace('_', '-')}" for name in ("videos_root", "video_list", "frames_root", "frames_list")
+               if getattr(args, name) is None]
+    if missing:
+        parser.error(f"give {', '.join(missing)} (or --synthetic DIR)")
     torch.set_num_threads(1)  # one core per loader process, as in a worker
     transform = ClipEvalTransform(args.size, args.size) if args.size else None
     common = dict(num_segments=args.num_segments, mode=args.mode, transform=transform)

@@ -62,7 +62,7 @@ class ClipDataset(Dataset):
     """Shared logic: list parsing, TSN sampling, clip transform, labels and boxes. Subclasses read frames.
 
     ``transform(frames, boxes, generator=...) -> (frames, boxes)`` (``ClipTrainTransform``/``ClipEvalTransform``);
-    ``None`` returns the frames as stored.
+    ``None`` returns the frames as stored. ``list_file`` may also be a list of ``VideoRecord`` (no file parsed).
     """
 
     def __init__(
@@ -84,8 +84,11 @@ class ClipDataset(Dataset):
                 f"data root {self.root} does not exist: set data.root (or paths.data_dir) to the folder that holds "
                 f"the videos/frame folders named in the list file"
             )
-        self.list_file = resolve_under(self.root, list_file)
-        self.records, self.num_dropped = parse_list_file(self.list_file, list_format, min_frames, num_classes)
+        if isinstance(list_file, (list, tuple)):  # records given directly (e.g. one video to predict on)
+            self.list_file, self.records, self.num_dropped = Path("<records>"), list(list_file), 0
+        else:
+            self.list_file = resolve_under(self.root, list_file)
+            self.records, self.num_dropped = parse_list_file(self.list_file, list_format, min_frames, num_classes)
         if not self.records:
             raise ValueError(f"list file {self.list_file} has no usable videos ({self.num_dropped} too short)")
         if self.num_dropped:
@@ -365,9 +368,9 @@ class VideoFileDataset(ClipDataset):
     def _read_clip_decoded(self, record: VideoRecord, generator: torch.Generator | None, all_frames: bool = False):
         import av
 
-        container, stream = self._open(record)
         path = self.video_path(record)
         try:
+            container, stream = self._open(record)  # an unreadable file fails here already
             with container:
                 num_frames = self._frame_count(record, container, stream)
                 if num_frames < 1:

@@ -40,6 +40,7 @@ class LoadedCheckpoint:
     patch_policy: str  # the policy the checkpoint's f_L/f_C were trained with
     path: Path
     hparams: dict = field(default_factory=dict)
+    keep_threshold: float | None = None  # AdaFocus+ Stage III+: the rho solved on the training split (Sec. 3.3)
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
@@ -55,7 +56,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     net.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
     stage = int(ckpt["adafocus_stage"])
     policy = hparams.get("patch_policy") or ("random" if stage == 1 else "learned")
-    return LoadedCheckpoint(net=net.eval(), stage=stage, patch_policy=policy, path=path, hparams=hparams)
+    saved_rho = ckpt.get("adafocus_keep_threshold") or {}
+    return LoadedCheckpoint(net=net.eval(), stage=stage, patch_policy=policy, path=path, hparams=hparams,
+                            keep_threshold=saved_rho.get("threshold"))
 
 
 # ------------------------------------------------------------------------------------------------- inference

@@ -141,6 +141,27 @@ def component_gflops(net: AdaFocusNet) -> dict[str, float]:
     return parts
 
 
+@torch.no_grad()
+def full_frame_component_gflops(net) -> dict[str, float]:
+    """GFLOPs of one frame through each component of a :class:`~adafocus_pl.models.full_frame.FullFrameNet`:
+    ``glance`` (f_G on the whole frame, 0 without one), ``local`` (f_L on the whole frame), ``classifier`` (one step
+    of f_C). Same convention as :func:`component_gflops`; a video costs ``num_frames`` times their sum."""
+    param = next(net.parameters())
+    frame = torch.zeros(1, 3, *net.frame_hw, device=param.device, dtype=param.dtype)
+    features = torch.zeros(1, net.classifier.in_features, device=param.device, dtype=param.dtype)
+    modes = {module: module.training for module in net.modules()}
+    net.eval()
+    try:
+        return {
+            "glance": 0.0 if net.glance is None else count_gflops(net.glance, lambda g, x: g(x), frame),
+            "local": count_gflops(net.local, lambda f, x: f(x), frame),
+            "classifier": count_gflops(net.classifier, lambda c, x: c.step(x)[0], features),
+        }
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
 # component_gflops of networks seen before, keyed by their architecture (see _signature)
 _CACHE: dict[str, dict[str, float]] = {}
 

@@ -136,13 +136,16 @@ class AdaFocusNet(nn.Module):
             )
 
     # ------------------------------------------------------------------------------------------ building blocks
-    def glance_maps(self, frames: Tensor) -> Tensor:
-        """Eq. (1): e_G ``[B, T, C, h, w]``, f_G run over all B*T frames at once."""
-        batch, steps = frames.shape[:2]
+    def glance_inputs(self, frames: Tensor) -> Tensor:
+        """f_G's input ``[B*T, 3, h_G, w_G]``: all frames flattened, resized to ``glance_size`` when it is set."""
         flat = frames.flatten(0, 1)
         if self.glance_hw is not None and tuple(flat.shape[-2:]) != self.glance_hw:
             flat = F.interpolate(flat, size=self.glance_hw, mode="bilinear", align_corners=False, antialias=True)
-        return self.glance.forward_features(flat).unflatten(0, (batch, steps))
+        return flat
+
+    def glance_maps(self, frames: Tensor) -> Tensor:
+        """Eq. (1): e_G ``[B, T, C, h, w]``, f_G run over all B*T frames at once."""
+        return self.glance.forward_features(self.glance_inputs(frames)).unflatten(0, frames.shape[:2])
 
     def policy_rollout(self, glance_maps: Tensor) -> tuple[Tensor, Tensor]:
         """Eq. (3): pi's ``(logits [B, T, A], values [B, T])`` over a clip of e_G maps."""

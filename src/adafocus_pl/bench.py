@@ -1,0 +1,83 @@
+"""Speed benchmark: ``python -m adafocus_pl.bench [options] [train overrides...]`` (``make bench``).
+
+Latency (one video) and throughput (a batch of videos) of AdaFocus at each ``--patch-sizes``, AdaFocus+ at
+``--keep-ratio`` and the full-frame baselines with the same backbones, on the fast inference path, with their
+speed-ups over the full-frame f_G + f_L baseline next to the FLOPs ratios. The network comes from the train config,
+by default the paper's full-size one (``data=activitynet model=adafocus``: 16 frames of 224x224, MobileNetV2 +
+ResNet-50, 200 classes); overrides after the options change it, e.g. ``data=synthetic model=adafocus_tiny
+--patch-sizes 24,48`` for a seconds-long run. Random weights; nothing is read or downloaded.
+The measuring lives in :mod:`adafocus_pl.inference.benchmark`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import torch
+
+from adafocus_pl.utils.config import compose
+
+DEFAULT_OVERRIDES = ["data=activitynet", "model=adafocus"]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 96,128,160, got {text!r}") from err
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m adafocus_pl.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=None, help="frames per video T (default: data.num_segments)")
+    p.add_argument("--batch", type=int, default=4, help="videos per batch for the throughput figure (default 4)")
+    p.add_argument("--patch-sizes", type=_ints, default=[96, 128, 160], help="AdaFocus patch sizes (96,128,160)")
+    p.add_argument("--keep-ratio", type=float, default=0.5,
+                   help="AdaFocus+ kept fraction eta at P = model.patch_size (default 0.5; 0 leaves AdaFocus+ out)")
+    p.add_argument("--repeats", type=int, default=5, help="measured repeats per contender (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up repeats, not measured")
+    p.add_argument("--backend", default="eager", choices=("eager", "compile", "script"),
+                   help="how the backbones run (adafocus_pl.inference.fast); the same for every contender")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm separate")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
+                   help="leave glibc malloc as it is (adafocus_pl.inference.allocator: large blocks page-fault again "
+                        "on every call)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--json", default="logs/bench/bench.json", help="where to write the results ('' for nowhere)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="train config overrides (default: data=activitynet model=adafocus)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from adafocus_pl.inference.benchmark import BenchSettings, run_benchmark
+
+    args = parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    for name in ("frames", "batch", "repeats"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"--{name} must be at least 1, got {value}")
+    if args.warmup < 0:
+        raise SystemExit(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from adafocus_pl.inference.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    cfg = compose("train", DEFAULT_OVERRIDES + list(args.overrides))
+    settings = BenchSettings(
+        frames=args.frames or int(cfg.data.num_segments), batch_size=args.batch, frame_size=int(cfg.data.eval_crop),
+        patch_sizes=list(args.patch_sizes), keep_ratio=args.keep_ratio or None, repeats=args.repeats,
+        warmup=args.warmup, backend=args.backend, channels_last=args.channels_last, fold_bn=args.fold_bn,
+        device=args.device, seed=args.seed, keep_freed_memory=args.keep_freed_memory)
+    return run_benchmark(cfg.model, settings, json_path=args.json or None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Wall-clock speed of AdaFocus against the full-frame baselines (the body behind ``python -m adafocus_pl.bench``).
+
+Contenders, all built from one ``model`` config with random weights (speed does not depend on them) and run on
+the fast path of :mod:`adafocus_pl.inference.fast` with the same backend and memory format:
+
+- the reference, f_G + f_L on every full frame (MobileNetV2 + ResNet-50 with the paper's config), and f_L alone;
+- AdaFocus at each patch size P;
+- AdaFocus+ at P = ``model.patch_size`` with a kept fraction eta (exactly eta of each call's frames run f_L).
+
+Two measurements: latency (one video of T frames) and throughput (a batch of videos). The contenders alternate
+within every repeat (the starting one rotates), so drifts in the machine's speed hit all of them alike; warm-up
+repeats are dropped and the median of the rest is reported. The FLOPs ratio is the reference's GFLOPs per video
+over the contender's (fvcore, :mod:`adafocus_pl.evaluation.flops`); "efficiency" is the speed-up divided by it.
+"outside CNNs" is the share of a call's time spent outside f_G and f_L (policies, crop, f_C, Python).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from adafocus_pl.evaluation.flops import component_gflops, full_frame_component_gflops, gflops_per_video
+from adafocus_pl.inference.fast import FastAdaFocus, FastFullFrame
+from adafocus_pl.models.adafocus import AdaFocusNet
+from adafocus_pl.models.full_frame import FullFrameNet
+
+
+@dataclass
+class Contender:
+    name: str
+    engine: Callable[[torch.Tensor], dict]
+    gflops_per_video: float
+    patch_size: int | None = None
+    keep_ratio: float | None = None
+    times: dict[str, list[float]] = field(default_factory=lambda: {"latency": [], "throughput": []})
+    outside: dict[str, list[float]] = field(default_factory=lambda: {"latency": [], "throughput": []})
+    parts: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {"latency": [], "throughput": []})
+
+
+def _model_kwargs(model_cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    plain = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+    architecture = plain.pop("architecture", "adafocus")
+    if architecture != "adafocus":
+        raise ValueError(f"the benchmark runs AdaFocus (model.architecture=adafocus), got {architecture!r}")
+    plain.update(glance_pretrained=None, local_pretrained=None)  # random weights: nothing is read or downloaded
+    return plain
+
+
+def build_contenders(model_cfg: Mapping[str, Any] | DictConfig, frame_size: int, num_frames: int,
+                     patch_sizes: Sequence[int], keep_ratio: float | None, backend: str = "eager",
+                     channels_last: bool = True, fold_bn: bool = True,
+                     device: torch.device | str = "cpu") -> list[Contender]:
+    """The contenders, reference first (see the module docstring)."""
+    kwargs = _model_kwargs(model_cfg)
+    kwargs["frame_size"] = [frame_size, frame_size]
+    engine_options = dict(backend=backend, channels_last=channels_last, fold_bn=fold_bn, profile=True)
+    baseline_kwargs = {k: kwargs[k] for k in ("num_classes", "frame_size", "glance_backbone", "local_backbone",
+                                              "glance_kwargs", "local_kwargs", "classifier", "classifier_hidden")}
+    contenders = []
+    for glance in (kwargs["glance_backbone"], None):
+        net = FullFrameNet(**{**baseline_kwargs, "glance_backbone": glance}).eval().to(device)
+        parts = full_frame_component_gflops(net)
+        name = " + ".join(b for b in (glance, kwargs["local_backbone"]) if b)
+        contenders.append(Contender(f"full frame: {name}", FastFullFrame(net, **engine_options),
+                                    num_frames * sum(parts.values())))
+    variants = [(int(p), None) for p in patch_sizes]
+    if keep_ratio is not None:
+        variants.append((int(kwargs["patch_size"]), float(keep_ratio)))
+    for patch_size, eta in variants:
+        net = AdaFocusNet(**{**kwargs, "patch_size": patch_size, "skip_policy": eta is not None}).eval().to(device)
+        gflops = gflops_per_video(component_gflops(net), num_frames, local_fraction=1.0 if eta is None else eta)
+        name = f"AdaFocus P={patch_size}" if eta is None else f"AdaFocus+ P={patch_size} eta={eta:g}"
+        contenders.append(Contender(name, FastAdaFocus(net, keep_ratio=eta, **engine_options), gflops,
+                                    patch_size=patch_size, keep_ratio=eta))
+    return contenders
+
+
+def measure(contenders: list[Contender], inputs: Mapping[str, torch.Tensor], repeats: int, warmup: int,
+            progress: bool = True) -> None:
+    """Fill each contender's ``times`` / ``outside`` per measurement (``inputs``: name -> frames), alternating the
+    contenders within each repeat and dropping the first ``warmup`` repeats."""
+    rounds = [(kind, r) for kind in inputs for r in range(warmup + repeats)]
+    for kind, r in tqdm(rounds, desc="bench", disable=not progress, dynamic_ncols=True):
+        start = r % len(contenders)
+        for contender in contenders[start:] + contenders[:start]:
+            engine = contender.engine
+            engine.reset_timings()
+            begin = time.perf_counter()
+            engine(inputs[kind])
+            seconds = time.perf_counter() - begin
+            if r >= warmup:
+                contender.times[kind].append(seconds)
+                inside = sum(engine.timings.values())
+                contender.outside[kind].append(max(0.0, 1.0 - inside / seconds))
+                contender.parts[kind].append(dict(engine.timings))
+
+
+def summarise(contenders: list[Contender], batch_size: int) -> list[dict[str, Any]]:
+    """One row per contender: medians, speed-ups over the first contender, FLOPs ratio and efficiency."""
+    reference = contenders[0]
+    ref_latency = statistics.median(reference.times["latency"])
+    ref_batch = statistics.median(reference.times["throughput"])
+    rows = []
+    for c in contenders:
+        latency, batch = statistics.median(c.times["latency"]), statistics.median(c.times["throughput"])
+        flops_ratio = reference.gflops_per_video / c.gflops_per_video
+        speedup_latency, speedup_throughput = ref_latency / latency, ref_batch / batch
+        rows.append({
+            "method": c.name, "patch_size": c.patch_size, "keep_ratio": c.keep_ratio,
+            "gflops_per_video": c.gflops_per_video, "flops_ratio": flops_ratio,
+            "latency_s": latency, "latency_speedup": speedup_latency,
+            "latency_efficiency": speedup_latency / flops_ratio,
+            "videos_per_s": batch_size / batch, "throughput_speedup": speedup_throughput,
+            "throughput_efficiency": speedup_throughput / flops_ratio,
+            "outside_cnns_latency": statistics.median(c.outside["latency"]),
+            "outside_cnns_throughput": statistics.median(c.outside["throughput"]),
+            "latency_runs_s": c.times["latency"], "batch_runs_s": c.times["throughput"],
+            "latency_parts_s": _median_parts(c.parts["latency"]), "batch_parts_s": _median_parts(c.parts["throughput"]),
+        })
+    return rows
+
+
+def _median_parts(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds per component (``glance``, ``local``) over the measured runs."""
+    names = sorted({name for run in runs for name in run})
+    return {name: statistics.median(run.get(name, 0.0) for run in runs) for name in names}
+
+
+def markdown(rows: list[dict[str, Any]], title: str) -> str:
+    lines = [f"### {title}", "",
+             "| method | GFLOPs/video | FLOPs ratio | latency (s) | latency speed-up | videos/s | "
+             "throughput speed-up | speed-up / FLOPs ratio (latency, throughput) | outside f_G+f_L (latency, "
+             "throughput) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['gflops_per_video']:.2f} | {r['flops_ratio']:.2f}x | {r['latency_s']:.3f} | "
+            f"{r['latency_speedup']:.2f}x | {r['videos_per_s']:.2f} | {r['throughput_speedup']:.2f}x | "
+            f"{r['latency_efficiency']:.2f}, {r['throughput_efficiency']:.2f} | "
+            f"{100 * r['outside_cnns_latency']:.1f}%, {100 * r['outside_cnns_throughput']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class BenchSettings:
+    frames: int
+    batch_size: int
+    frame_size: int
+    patch_sizes: list[int]
+    keep_ratio: float | None
+    repeats: int
+    warmup: int
+    backend: str
+    channels_last: bool
+    fold_bn: bool
+    device: str
+    seed: int = 0
+    keep_freed_memory: bool = False  # glibc malloc tuned by the caller (adafocus_pl.inference.allocator)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        try:
+            model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("model name"))
+            info["cpu"] = model
+        except (OSError, StopIteration):
+            pass
+    return info
+
+
+def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSettings,
+                  json_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Build, measure, print and (optionally) save; returns ``{"settings", "machine", "rows"}``."""
+    device = torch.device(settings.device)
+    contenders = build_contenders(model_cfg, settings.frame_size, settings.frames, settings.patch_sizes,
+                                  settings.keep_ratio, settings.backend, settings.channels_last, settings.fold_bn,
+                                  device)
+    generator = torch.Generator().manual_seed(settings.seed)
+    shape = (settings.frames, 3, settings.frame_size, settings.frame_size)
+    inputs = {"latency": torch.randn(1, *shape, generator=generator).to(device),
+              "throughput": torch.randn(settings.batch_size, *shape, generator=generator).to(device)}
+    measure(contenders, inputs, settings.repeats, settings.warmup, progress=progress)
+    rows = summarise(contenders, settings.batch_size)
+    result = {"settings": asdict(settings), "machine": machine_info(device), "rows": rows}
+    title = (f"{settings.frames} frames of {settings.frame_size}x{settings.frame_size}; latency = 1 video, "
+             f"throughput = {settings.batch_size} videos; median of {settings.repeats} (after {settings.warmup} "
+             f"warm-up); backend {settings.backend}, {result['machine']['threads']} threads, {device}"
+             f"{', freed memory kept' if settings.keep_freed_memory else ''}")
+    print(markdown(rows, title), end="")
+    if json_path is not None:
+        json_path = Path(json_path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+        print(f"[bench] JSON written to {json_path}")
+    return result

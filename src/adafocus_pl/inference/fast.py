@@ -1,0 +1,297 @@
+"""The fast offline inference path (paper Sec. 3.4): turn AdaFocus's saved FLOPs into saved time.
+
+:class:`FastAdaFocus` wraps a trained :class:`~adafocus_pl.models.adafocus.AdaFocusNet` and, for a batch of
+videos ``[B, T, 3, H, W]``:
+
+1. runs f_G over all B*T frames in one batch (Eq. 1);
+2. runs pi's conv/linear over all B*T glance maps at once and only its GRU step by step (Eq. 3): the input
+   projections of all steps in one matrix product (:class:`GRUScan`, the weights of the training ``nn.GRUCell``);
+3. for AdaFocus+, runs pi' the same way and keeps the frames with p_t^B >= rho (Sec. 3.3);
+4. cuts every kept frame's patch in one batched gather;
+5. runs f_L over all kept patches in one batch (Eq. 2): skipped frames are never cropped nor computed;
+6. runs f_C over the sequence (Eq. 4).
+
+Everything runs under ``torch.inference_mode``; the backbones are copies prepared once: BatchNorm folded into
+the preceding convolution (``torch.fx`` fusion), channels-last memory format, and one of three backends:
+``eager`` (default), ``compile`` (``torch.compile`` with Inductor's weight freezing) or ``script`` (TorchScript
+trace + freeze + ``optimize_for_inference``; PyTorch deprecates TorchScript, but on a small CPU it is the
+fastest for MobileNetV2's depthwise convolutions, see ``make bench``).
+
+:class:`FastFullFrame` is the same path for the full-frame baselines (:class:`~adafocus_pl.models.full_frame.
+FullFrameNet`), so the benchmark compares like with like.
+
+With ``profile=True`` the engines add the wall time spent inside f_G and f_L (including the conversion of their
+input to channels-last) to ``timings``; the rest of a call is the work outside the two CNNs: policies, crop, f_C,
+Python.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from adafocus_pl.models.adafocus import AdaFocusNet
+from adafocus_pl.models.classifier import RecurrentClassifier
+from adafocus_pl.models.full_frame import FullFrameNet
+from adafocus_pl.models.patches import FIXED_POLICIES, crop_patches
+from adafocus_pl.models.policy import PatchPolicy
+from adafocus_pl.models.skipping import batch_keep_mask, check_keep_ratio
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "compile", "script")
+
+
+# ------------------------------------------------------------------------------------------- backbone preparation
+class _BackboneMethod(nn.Module):
+    """``forward(x) = getattr(backbone, method)(x)``: one traceable module per use of a backbone
+    (``forward_features`` for f_G's maps, ``forward`` for pooled features)."""
+
+    def __init__(self, backbone: nn.Module, method: str):
+        super().__init__()
+        self.backbone, self.method = backbone, method
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self.backbone, self.method)(x)
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` (eval mode) with every Conv2d -> BatchNorm2d pair folded into one convolution
+    (``torch.fx.experimental.optimization.fuse``); the module itself when it cannot be traced symbolically."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(module.eval(), inplace=False)
+    except Exception as err:  # data-dependent control flow in a user backbone: keep it unfused
+        log.warning("could not fold BatchNorm into the convolutions of %s (%s): running it unfused",
+                    type(module).__name__, err)
+        return module
+
+
+class _LazyTorchScript:
+    """TorchScript trace + freeze + ``optimize_for_inference`` of ``module`` at its first call (a trace needs an
+    example input); the frozen graph accepts any batch size afterwards."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.frozen = module, None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.frozen is None:
+            with warnings.catch_warnings():  # TorchScript's deprecation notices, once per backbone
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                warnings.filterwarnings("ignore", category=UserWarning)
+                traced = torch.jit.trace(self.module, x, check_trace=False)
+                self.frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        return self.frozen(x)
+
+
+def prepare_backbone(backbone: nn.Module, method: str = "forward", backend: str = "eager",
+                     channels_last: bool = True, fold_bn: bool = True) -> Callable[[Tensor], Tensor]:
+    """An inference-only callable for ``getattr(backbone, method)``; ``backbone`` itself is left untouched."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    module = copy.deepcopy(_BackboneMethod(backbone, method)).eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    if fold_bn:
+        module = fold_batchnorm(module)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if backend == "script":
+        return _LazyTorchScript(module)
+    if backend == "compile":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # constant-fold the weights and pre-pack them for oneDNN (inference only)
+        return torch.compile(module, dynamic=False)
+    return module
+
+
+class GRUScan:
+    """An ``nn.GRUCell`` run over a whole sequence ``[B, T, F] -> states [B, T, H]`` (h_0 = 0), same maths as the
+    cell (gates r, z, n; PyTorch's GRU equations): the input projections of all B*T steps in one matrix product,
+    then per step only the hidden projection (one ``addmm`` on a pre-transposed weight) and the gate arithmetic.
+    Measured on the 2-core CPU (f_C of the paper, 16 steps): 14.5 ms at batch 1 and 36 ms at batch 4, against
+    15.7 / 57 ms for ``nn.GRU`` with the same weights and 46 / 138 ms for a loop over the cell."""
+
+    def __init__(self, cell: nn.GRUCell):
+        self.hidden = cell.hidden_size
+        self.weight_ih = cell.weight_ih.detach()
+        self.bias_ih = None if cell.bias_ih is None else cell.bias_ih.detach()
+        self.weight_hh_t = cell.weight_hh.detach().t().contiguous()  # [H, 3H]
+        self.bias_hh = (cell.bias_hh.detach() if cell.bias_hh is not None
+                        else cell.weight_hh.new_zeros(3 * self.hidden))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        input_gates = torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)  # [B, T, 3H]
+        h = x.new_zeros(x.shape[0], self.hidden)
+        states = []
+        for t in range(x.shape[1]):
+            hidden_gates = torch.addmm(self.bias_hh, h, self.weight_hh_t)
+            i_r, i_z, i_n = input_gates[:, t].chunk(3, dim=1)
+            h_r, h_z, h_n = hidden_gates.chunk(3, dim=1)
+            reset = torch.sigmoid(i_r + h_r)
+            update = torch.sigmoid(i_z + h_z)
+            new = torch.tanh(i_n + reset * h_n)
+            h = new + update * (h - new)  # (1 - z) * n + z * h
+            states.append(h)
+        return torch.stack(states, dim=1)
+
+
+class _PolicyScan:
+    """A :class:`PatchPolicy`'s actor logits ``[B, T, A]`` over a clip of glance maps: encoder over all B*T maps,
+    one :class:`GRUScan` over the sequence, actor over all states (the critic is a training-only head)."""
+
+    def __init__(self, policy: PatchPolicy):
+        self.policy, self.gru = policy, GRUScan(policy.gru)
+
+    def __call__(self, glance_maps: Tensor) -> Tensor:
+        inputs = self.policy.encode(glance_maps.flatten(0, 1)).unflatten(0, glance_maps.shape[:2])
+        return self.policy.actor(self.gru(inputs))
+
+
+class _ClassifierScan:
+    """f_C's logits ``[B, T, K]``: the recurrent f_C as a :class:`GRUScan`, the frame-averaged f_C as it is."""
+
+    def __init__(self, classifier: nn.Module):
+        self.classifier = classifier
+        self.gru = GRUScan(classifier.gru) if isinstance(classifier, RecurrentClassifier) else None
+
+    def __call__(self, features: Tensor) -> Tensor:
+        if self.gru is None:
+            return self.classifier(features)
+        return self.classifier.fc(self.gru(features))  # dropout is the identity at inference
+
+
+# ------------------------------------------------------------------------------------------------------ engines
+class _Engine:
+    """Shared set-up: eval mode, prepared backbones, the memory format, optional timing of f_G and f_L."""
+
+    def __init__(self, net: nn.Module, backend: str, channels_last: bool, fold_bn: bool, profile: bool):
+        self.net = net.eval()
+        self.backend, self.profile = backend, profile
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._options = dict(backend=backend, channels_last=channels_last, fold_bn=fold_bn)
+        self.timings: dict[str, float] = defaultdict(float)
+
+    def _prepare(self, backbone: nn.Module, method: str) -> Callable[[Tensor], Tensor]:
+        return prepare_backbone(backbone, method, **self._options)
+
+    def reset_timings(self) -> None:
+        self.timings = defaultdict(float)
+
+    def _run(self, name: str, backbone: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """``backbone(x)`` with ``x`` in the engine's memory format (the conversion counts as the backbone's time)."""
+        if not self.profile:
+            return backbone(x.contiguous(memory_format=self.memory_format))
+        _synchronize(x.device)
+        start = time.perf_counter()
+        out = backbone(x.contiguous(memory_format=self.memory_format))
+        _synchronize(x.device)
+        self.timings[name] += time.perf_counter() - start
+        return out
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class FastAdaFocus(_Engine):
+    """Offline AdaFocus / AdaFocus+ inference (see the module docstring): ``engine(frames) -> dict``.
+
+    AdaFocus+ (a network with pi'): ``keep_threshold`` rho keeps the frames with p_t^B >= rho (the value the Stage
+    III+ checkpoint stores); ``keep_ratio`` eta instead keeps the top eta of each call's frames (rho solved on the
+    batch, as for training; the benchmark uses it so that exactly eta of the frames run f_L). Neither: every frame
+    runs f_L, as in the network's own forward. ``patch_policy``: "learned" (argmax of pi) or a fixed policy
+    ("random", "centre", "gaussian"; ``generator`` drives the random ones).
+    """
+
+    def __init__(self, net: AdaFocusNet, backend: str = "eager", channels_last: bool = True, fold_bn: bool = True,
+                 keep_threshold: float | None = None, keep_ratio: float | None = None, profile: bool = False,
+                 patch_policy: str = "learned", generator: torch.Generator | None = None):
+        if patch_policy not in ("learned", *FIXED_POLICIES):
+            raise ValueError(f"patch_policy must be 'learned' or one of {FIXED_POLICIES}, got {patch_policy!r}")
+        if not isinstance(net, AdaFocusNet):
+            raise TypeError(f"FastAdaFocus runs an AdaFocusNet, got {type(net).__name__} (AdaFocus-TSM networks "
+                            f"run through their own forward)")
+        if (keep_threshold is not None or keep_ratio is not None) and not net.has_skip_policy:
+            raise ValueError("keep_threshold/keep_ratio need AdaFocus+'s skip policy pi' (model.skip_policy=true)")
+        if keep_threshold is not None and keep_ratio is not None:
+            raise ValueError("give keep_threshold (rho) or keep_ratio (eta), not both")
+        super().__init__(net, backend, channels_last, fold_bn, profile)
+        self.keep_threshold = None if keep_threshold is None else float(keep_threshold)
+        self.keep_ratio = None if keep_ratio is None else check_keep_ratio(keep_ratio)
+        self.patch_policy, self.generator = patch_policy, generator
+        self.glance = self._prepare(net.glance, "forward_features")
+        self.local = self._prepare(net.local, "forward")
+        self.policy = _PolicyScan(net.policy)
+        self.skip_policy = _PolicyScan(net.skip_policy) if net.has_skip_policy else None
+        self.classifier = _ClassifierScan(net.classifier)
+
+    def _keep(self, glance_maps: Tensor) -> Tensor | None:
+        """b_t ``[B, T]`` (Eq. 8 and Sec. 3.3's rho), or None when every frame runs f_L."""
+        if self.skip_policy is None or (self.keep_threshold is None and self.keep_ratio is None):
+            return None
+        keep_probs = torch.sigmoid(self.skip_policy(glance_maps).squeeze(-1).float())
+        if self.keep_threshold is not None:
+            return keep_probs >= self.keep_threshold
+        return batch_keep_mask(keep_probs, self.keep_ratio)
+
+    @torch.inference_mode()
+    def __call__(self, frames: Tensor) -> dict[str, Tensor | None]:
+        """``frames [B, T, 3, H, W]`` (normalised) -> ``logits [B, T, K]`` (the prediction after each frame; the
+        video's is the last), ``actions [B, T]``, ``offsets [B, T, 2]`` and ``keep [B, T]`` (None unless skipping)."""
+        net = self.net
+        net._check_frames(frames)
+        batch, steps = frames.shape[:2]
+        glance_maps = self._run("glance", self.glance, net.glance_inputs(frames)).unflatten(0, (batch, steps))
+        glance_features = glance_maps.mean(dim=(-2, -1))
+        if self.patch_policy == "learned":
+            actions = self.policy(glance_maps).argmax(dim=-1)
+            offsets = net.actions_to_offsets(actions)
+        else:  # a fixed policy (e.g. a Stage I checkpoint, trained on random patches, Eq. 5)
+            actions = None
+            offsets = net.fixed_offsets(self.patch_policy, batch, steps, frames.device, self.generator)
+        keep = self._keep(glance_maps)
+        flat_frames, flat_offsets = frames.flatten(0, 1), offsets.reshape(-1, 2)
+        if keep is None:
+            patches = crop_patches(flat_frames, flat_offsets, net.patch_size, check=False)
+            local = self._run("local", self.local, patches)
+        else:
+            kept = keep.reshape(-1).nonzero().squeeze(1)
+            local = frames.new_zeros(batch * steps, net.local.num_features)
+            if kept.numel():
+                patches = crop_patches(flat_frames, flat_offsets[kept], net.patch_size, check=False,
+                                       frame_index=kept)
+                local[kept] = self._run("local", self.local, patches).to(local.dtype)
+        features = net.classifier_inputs(glance_features, local.unflatten(0, (batch, steps)))
+        return {"logits": self.classifier(features), "actions": actions, "offsets": offsets, "keep": keep}
+
+
+class FastFullFrame(_Engine):
+    """The full-frame baselines on the same fast path: f_G (if any) and f_L each over all B*T frames in one batch,
+    then f_C."""
+
+    def __init__(self, net: FullFrameNet, backend: str = "eager", channels_last: bool = True, fold_bn: bool = True,
+                 profile: bool = False):
+        super().__init__(net, backend, channels_last, fold_bn, profile)
+        self.glance = None if net.glance is None else self._prepare(net.glance, "forward")
+        self.local = self._prepare(net.local, "forward")
+        self.classifier = _ClassifierScan(net.classifier)
+
+    @torch.inference_mode()
+    def __call__(self, frames: Tensor) -> dict[str, Tensor | None]:
+        """``frames [B, T, 3, H, W]`` -> ``{"logits": [B, T, K]}``."""
+        batch_steps = frames.shape[:2]
+        flat = frames.flatten(0, 1)
+        glance = None if self.glance is None else self._run("glance", self.glance, flat).unflatten(0, batch_steps)
+        local = self._run("local", self.local, flat).unflatten(0, batch_steps)
+        return {"logits": self.classifier(self.net.classifier_inputs(glance, local))}

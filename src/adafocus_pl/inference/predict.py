@@ -1,0 +1,160 @@
+"""Recognise the action in one video file with a stage checkpoint (the body behind ``python -m adafocus_pl.predict``).
+
+The video is read with PyAV (any container and codec FFmpeg reads, any size and aspect ratio), T frames are
+sampled at the segment centres and transformed exactly as in evaluation (Sec. 4.1: resize, centre crop), and the
+network runs on the fast path of :mod:`adafocus_pl.inference.fast` (AdaFocus, AdaFocus+) or through its own
+forward (AdaFocus-TSM). The video's prediction is f_C's output after the last frame (Sec. 3.4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import DictConfig
+
+from adafocus_pl.data.datasets import VideoFileDataset, resolve_under
+from adafocus_pl.data.listfile import VideoRecord
+from adafocus_pl.data.transforms import ClipEvalTransform, normalize_on_device
+from adafocus_pl.evaluation.evaluate import LoadedCheckpoint
+from adafocus_pl.evaluation.plots import plot_patches
+from adafocus_pl.inference.fast import FastAdaFocus
+from adafocus_pl.models.adafocus import AdaFocusNet
+
+log = logging.getLogger(__name__)
+
+
+def run_dir_of(ckpt_path: Path) -> Path:
+    """``<run dir>`` for ``<run dir>/checkpoints/x.ckpt``, else the checkpoint's folder."""
+    parent = ckpt_path.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def saved_overrides(ckpt_path: Path) -> list[str]:
+    """The training run's Hydra overrides (``<run dir>/.hydra/overrides.yaml``), minus those that only steer the
+    run itself (``hydra.*``, ``ckpt_path``); empty when the checkpoint is not in a run directory."""
+    path = run_dir_of(ckpt_path) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    overrides = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    return [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/", "ckpt_path="))]
+
+
+def class_names(data_cfg: DictConfig, num_classes: int) -> list[str]:
+    """Names from the data config's classes file when it exists, else ``class <k>``."""
+    classes_file = data_cfg.get("classes_file")
+    if classes_file:
+        path = resolve_under(data_cfg.root, classes_file)
+        if path.is_file():
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if len(names) == num_classes:
+                return names
+            log.warning("%s lists %d classes, the checkpoint has %d: showing class indices", path, len(names),
+                        num_classes)
+    return [f"class {k}" for k in range(num_classes)]
+
+
+def read_video(path: str | os.PathLike, data_cfg: DictConfig, num_classes: int) -> dict[str, torch.Tensor]:
+    """The evaluation sample of one video file: uint8 ``frames [T, 3, crop, crop]`` (and ``focus_frames`` for
+    AdaFocus-TSM), sampled and transformed as the data config's test split is."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {path} does not exist")
+    transform = ClipEvalTransform(data_cfg.eval_resize, data_cfg.eval_crop, data_cfg.get("resize_mode", "square"))
+    dataset = VideoFileDataset(path.resolve().parent, [VideoRecord(path.name, None, (0,), 1)],
+                               num_segments=int(data_cfg.num_segments), mode="val", transform=transform,
+                               num_classes=num_classes, num_focus_segments=data_cfg.get("num_focus_segments"),
+                               decoder_threads=min(4, os.cpu_count() or 1), min_frames=1)
+    return dataset.sample(0)
+
+
+@dataclass
+class Prediction:
+    video: str
+    top_k: list[dict[str, Any]]  # [{"class": k, "name": ..., "probability": p}, ...], most likely first
+    offsets: torch.Tensor  # [T_L, 2] top-left (y, x) of each patch (one row repeated for AdaFocus-TSM)
+    keep: torch.Tensor | None  # [T] AdaFocus+: False where the frame skipped f_L
+    frames: torch.Tensor  # uint8 [T_L, 3, H, W]: the frames the patches were cut from
+    figure: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"video": self.video, "top_k": self.top_k, "offsets": self.offsets.tolist(),
+                "keep": None if self.keep is None else self.keep.tolist(),
+                "figure": None if self.figure is None else str(self.figure)}
+
+
+class Predictor:
+    """Loads once, predicts many videos: ``Predictor(ckpt, data_cfg, ...)(video_path) -> Prediction``."""
+
+    def __init__(self, ckpt: LoadedCheckpoint, data_cfg: DictConfig, top_k: int = 5, backend: str = "eager",
+                 device: torch.device | str = "cpu", keep_threshold: float | None = None, seed: int = 0):
+        self.ckpt, self.data_cfg, self.device = ckpt, data_cfg, torch.device(device)
+        self.net = ckpt.net.eval().to(self.device)
+        self.top_k = max(1, min(int(top_k), self.net.num_classes))
+        self.names = class_names(data_cfg, self.net.num_classes)
+        self.mean, self.std = list(data_cfg.mean), list(data_cfg.std)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        rho = keep_threshold if keep_threshold is not None else ckpt.keep_threshold
+        self.keep_threshold = rho if getattr(self.net, "has_skip_policy", False) else None
+        if keep_threshold is not None and self.keep_threshold is None:
+            raise ValueError("predict.keep_threshold needs an AdaFocus+ checkpoint (a network with pi')")
+        self.engine = None
+        if isinstance(self.net, AdaFocusNet):
+            policy = "learned" if ckpt.patch_policy == "learned" else ckpt.patch_policy
+            self.engine = FastAdaFocus(self.net, backend=backend, keep_threshold=self.keep_threshold,
+                                       patch_policy=policy, generator=generator)
+        self.generator = generator
+
+    def _forward(self, sample: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                    torch.Tensor | None]:
+        frames = normalize_on_device(sample["frames"][None].to(self.device), self.mean, self.std)
+        if self.engine is not None:
+            out = self.engine(frames)
+            return out["logits"][0, -1], out["offsets"][0], None if out["keep"] is None else out["keep"][0]
+        focus = sample.get("focus_frames")
+        focus = None if focus is None else normalize_on_device(focus[None].to(self.device), self.mean, self.std)
+        policy = self.ckpt.patch_policy
+        with torch.inference_mode():
+            out = self.net(frames, patch_policy=policy, focus_frames=focus, generator=self.generator)
+        offsets = out.get("offsets")
+        steps = (focus if focus is not None else frames).shape[1]
+        offsets = (torch.zeros(steps, 2, dtype=torch.long) if offsets is None
+                   else offsets[0].expand(steps, 2) if offsets.shape[1] == 1 else offsets[0])
+        return out["logits"][0, -1], offsets, None
+
+    def __call__(self, video: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Prediction:
+        sample = read_video(video, self.data_cfg, self.net.num_classes)
+        logits, offsets, keep = self._forward(sample)
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        values, indices = probs.topk(self.top_k)
+        top = [{"class": int(k), "name": self.names[int(k)], "probability": float(p)} for p, k in zip(values, indices)]
+        shown = sample.get("focus_frames", sample["frames"])
+        prediction = Prediction(str(video), top, offsets.cpu(), None if keep is None else keep.cpu(), shown)
+        if out_dir is not None:
+            out_dir = Path(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            stem = Path(video).stem
+            patch = getattr(self.net, "patch_size", None) if offsets.abs().sum() or keep is not None else None
+            title = f"{top[0]['name']} ({100 * top[0]['probability']:.1f}%)"
+            prediction.figure = plot_patches(shown[None], prediction.offsets[None], int(patch or shown.shape[-1]),
+                                             out_dir / f"{stem}.png",
+                                             keep=None if keep is None else prediction.keep[None], titles=[title])
+            (out_dir / f"{stem}.json").write_text(json.dumps(prediction.as_dict(), indent=2))
+        return prediction
+
+
+def format_prediction(prediction: Prediction) -> str:
+    lines = [f"{prediction.video}:", "| rank | class | probability |", "|---:|---|---:|"]
+    for rank, row in enumerate(prediction.top_k, 1):
+        lines.append(f"| {rank} | {row['name']} ({row['class']}) | {100 * row['probability']:.1f}% |")
+    if prediction.keep is not None:
+        lines.append(f"f_L ran on {int(prediction.keep.sum())} of {prediction.keep.numel()} frames (AdaFocus+)")
+    if prediction.figure is not None:
+        lines.append(f"frames and patches: {prediction.figure}")
+    return "\n".join(lines) + "\n"
