@@ -167,7 +167,8 @@ def test_bench_runs_on_a_tiny_config_and_its_figures_are_consistent(tmp_path, ca
 
     out = tmp_path / "bench.json"
     result = main(["data=synthetic", "model=adafocus_tiny", "--patch-sizes", "24,48", "--keep-ratio", "0.5",
-                   "--frames", "4", "--batch", "2", "--repeats", "2", "--warmup", "1", "--json", str(out)])
+                   "--frames", "4", "--batch", "2", "--repeats", "2", "--warmup", "1", "--json", str(out),
+                   "--no-keep-freed-memory"])  # mallopt is process-wide: not in the test process (see below)
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["full frame: tiny_glance + tiny_local", "full frame: tiny_local", "AdaFocus P=24",
                           "AdaFocus P=48", "AdaFocus+ P=32 eta=0.5"]
@@ -187,6 +188,19 @@ def test_bench_runs_on_a_tiny_config_and_its_figures_are_consistent(tmp_path, ca
     assert [r["method"] for r in saved["rows"]] == list(rows)
     printed = capsys.readouterr().out
     assert "| AdaFocus P=48 |" in printed and "speed-up" in printed
+
+
+def test_keep_freed_memory_applies_to_a_fresh_process():
+    import subprocess
+    import sys
+
+    code = "from adafocus_pl.inference.allocator import keep_freed_memory as k; print(k(), k())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import platform
+
+    applies = str(platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")  # True on this project's CI
+    assert out.stdout.split() == [applies, applies]  # and idempotent
 
 
 def test_bench_rejects_bad_settings():
