@@ -247,7 +247,9 @@ def gloo_ranks(tmp_path_factory) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_on_rank, args=(port, str(out)), nprocs=2, join=True, start_method="fork")
+    # spawn, not fork: a forked child of a process whose autograd engine has started threads (any earlier test's
+    # backward in the same pytest worker) cannot run backward itself
+    mp.start_processes(_on_rank, args=(port, str(out)), nprocs=2, join=True, start_method="spawn")
     return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
 
 
