@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli
 
 from adafocus_pl.stages.base import StageModule
+from adafocus_pl.stages.guards import check_finite
 from adafocus_pl.stages.ppo import PPOConfig, ppo_loss, ppo_targets
 from adafocus_pl.stages.rewards import patch_reward, skip_reward
 
@@ -62,12 +63,14 @@ class PolicyStage(StageModule):
         with torch.no_grad():
             glance_maps = self.net.glance_maps(frames)
         logits, values = self.net.policy_rollout(glance_maps)
+        check_finite(self.trainer, self, "policy logits", logits)  # a clear stop, not the distribution's error
         dist = self.net.action_distribution(logits)
         actions = dist.sample()
         old_log_probs = dist.log_prob(actions).detach()
         plus = self.net.has_skip_policy
         if plus:  # Eq. 8: b_t ~ Bernoulli(p_t^B)
             skip_logits, skip_values = self.net.skip_rollout(glance_maps)
+            check_finite(self.trainer, self, "skip-policy logits", skip_logits)
             skip_dist = Bernoulli(logits=skip_logits.float())
             keep = skip_dist.sample()
             old_skip_log_probs = skip_dist.log_prob(keep).detach()

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from adafocus_pl.stages.guards import StopOnNonFiniteLoss
 from adafocus_pl.utils.instantiate import instantiate_group
 from adafocus_pl.utils.wandb_run import (
     WandbRunIdInCheckpoint,
@@ -60,7 +61,7 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
             log.info("stage %s starts from the weights of %s", cfg.stage.id, cfg.init_from)
             module.load_init_weights(cfg.init_from)
 
-        callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+        callbacks = instantiate_group(cfg.get("callbacks"), "callbacks") + [StopOnNonFiniteLoss()]
         check_wandb_mode(cfg)
         loggers = instantiate_group(cfg.get("logger"), "logger")
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
