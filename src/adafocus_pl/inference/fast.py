@@ -33,6 +33,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -40,9 +41,9 @@ from torch import Tensor, nn
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.classifier import RecurrentClassifier
 from adafocus_pl.models.full_frame import FullFrameNet
-from adafocus_pl.models.patches import FIXED_POLICIES, crop_patches
+from adafocus_pl.models.patches import FIXED_POLICIES
 from adafocus_pl.models.policy import PatchPolicy
-from adafocus_pl.models.skipping import batch_keep_mask, check_keep_ratio
+from adafocus_pl.models.skipping import check_keep_ratio, keep_mask
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +241,7 @@ class FastAdaFocus(_Engine):
         """b_t ``[B, T]`` (Eq. 8 and Sec. 3.3's rho), or None when every frame runs f_L."""
         if self.skip_policy is None or (self.keep_threshold is None and self.keep_ratio is None):
             return None
-        keep_probs = torch.sigmoid(self.skip_policy(glance_maps).squeeze(-1).float())
-        if self.keep_threshold is not None:
-            return keep_probs >= self.keep_threshold
-        return batch_keep_mask(keep_probs, self.keep_ratio)
+        return keep_mask(self.skip_policy(glance_maps).squeeze(-1), self.keep_threshold, self.keep_ratio)
 
     @torch.inference_mode()
     def __call__(self, frames: Tensor) -> dict[str, Tensor | None]:
@@ -261,18 +259,12 @@ class FastAdaFocus(_Engine):
             actions = None
             offsets = net.fixed_offsets(self.patch_policy, batch, steps, frames.device, self.generator)
         keep = self._keep(glance_maps)
-        flat_frames, flat_offsets = frames.flatten(0, 1), offsets.reshape(-1, 2)
+        run_local = partial(self._run, "local", self.local)
         if keep is None:
-            patches = crop_patches(flat_frames, flat_offsets, net.patch_size, check=False)
-            local = self._run("local", self.local, patches)
+            local = net.local_features(net.crop(frames, offsets), local=run_local)
         else:
-            kept = keep.reshape(-1).nonzero().squeeze(1)
-            local = frames.new_zeros(batch * steps, net.local.num_features)
-            if kept.numel():
-                patches = crop_patches(flat_frames, flat_offsets[kept], net.patch_size, check=False,
-                                       frame_index=kept)
-                local[kept] = self._run("local", self.local, patches).to(local.dtype)
-        features = net.classifier_inputs(glance_features, local.unflatten(0, (batch, steps)))
+            local = net.kept_local_features(frames, offsets, keep, local=run_local)
+        features = net.classifier_inputs(glance_features, local)
         return {"logits": self.classifier(features), "actions": actions, "offsets": offsets, "keep": keep}
 
 

@@ -106,9 +106,8 @@ class Predictor:
             raise ValueError("predict.keep_threshold needs an AdaFocus+ checkpoint (a network with pi')")
         self.engine = None
         if isinstance(self.net, AdaFocusNet):
-            policy = "learned" if ckpt.patch_policy == "learned" else ckpt.patch_policy
             self.engine = FastAdaFocus(self.net, backend=backend, keep_threshold=self.keep_threshold,
-                                       patch_policy=policy, generator=generator)
+                                       patch_policy=ckpt.patch_policy, generator=generator)
         self.generator = generator
 
     def _forward(self, sample: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None,
@@ -140,9 +139,9 @@ class Predictor:
             out_dir = Path(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
             stem = Path(video).stem
-            patch = getattr(self.net, "patch_size", None) if offsets.abs().sum() or keep is not None else None
             title = f"{top[0]['name']} ({100 * top[0]['probability']:.1f}%)"
-            prediction.figure = plot_patches(shown[None], prediction.offsets[None], int(patch or shown.shape[-1]),
+            # TSM/TSM+ baselines have patch_size = frame size (their "patch" is the whole frame at offset 0)
+            prediction.figure = plot_patches(shown[None], prediction.offsets[None], int(self.net.patch_size),
                                              out_dir / f"{stem}.png",
                                              keep=None if keep is None else prediction.keep[None], titles=[title])
             (out_dir / f"{stem}.json").write_text(json.dumps(prediction.as_dict(), indent=2))

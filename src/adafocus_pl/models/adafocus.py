@@ -7,7 +7,7 @@ Fig. 4): a second recurrent policy pi' decides per frame whether f_L runs at all
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution
 
-from adafocus_pl.models.classifier import FrameAverageClassifier, RecurrentClassifier
+from adafocus_pl.models.classifier import build_classifier
 from adafocus_pl.models.patches import (
     check_patch_size,
     crop_patches,
@@ -25,7 +25,7 @@ from adafocus_pl.models.patches import (
 )
 from adafocus_pl.models.policy import PatchPolicy, categorical_actions
 from adafocus_pl.models.registry import create_backbone
-from adafocus_pl.models.skipping import batch_keep_mask
+from adafocus_pl.models.skipping import keep_mask
 
 PATCH_POLICIES = ("learned", "random", "centre", "gaussian", "given", "none")
 
@@ -89,12 +89,7 @@ class AdaFocusNet(nn.Module):
             if skip_policy else None
         )
         in_features = self.local.num_features + (self.glance.num_features if self.use_glance_features else 0)
-        if classifier == "gru":
-            self.classifier = RecurrentClassifier(in_features, num_classes, hidden=classifier_hidden, dropout=dropout)
-        elif classifier == "fc":
-            self.classifier = FrameAverageClassifier(in_features, num_classes, dropout=dropout)
-        else:
-            raise ValueError(f"classifier must be 'gru' or 'fc', got {classifier!r}")
+        self.classifier = build_classifier(classifier, in_features, num_classes, classifier_hidden, dropout)
 
     # ----------------------------------------------------------------------------------------------- properties
     @property
@@ -168,21 +163,23 @@ class AdaFocusNet(nn.Module):
         patches = crop_patches(frames.flatten(0, 1), offsets.reshape(-1, 2), self.patch_size)
         return patches.unflatten(0, (batch, steps))
 
-    def local_features(self, patches: Tensor) -> Tensor:
-        """Eq. (2) + pooling: e_L-bar ``[B, T, F_L]``, f_L run over all B*T patches at once."""
+    def local_features(self, patches: Tensor, local: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Eq. (2) + pooling: e_L-bar ``[B, T, F_L]``, f_L run over all B*T patches at once. ``local`` runs f_L
+        instead of ``self.local`` (the fast inference path's prepared copy)."""
         batch, steps = patches.shape[:2]
-        return self.local(patches.flatten(0, 1)).unflatten(0, (batch, steps))
+        return (local or self.local)(patches.flatten(0, 1)).unflatten(0, (batch, steps))
 
-    def kept_local_features(self, frames: Tensor, offsets: Tensor, keep: Tensor) -> Tensor:
+    def kept_local_features(self, frames: Tensor, offsets: Tensor, keep: Tensor,
+                            local: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """AdaFocus+ (Sec. 3.3): e_L-bar ``[B, T, F_L]`` with f_L run on the kept frames only (``keep [B, T]``);
-        skipped frames get zeros and never reach the crop or f_L."""
+        skipped frames get zeros and never reach the crop or f_L. ``local`` as in :meth:`local_features`."""
         batch, steps = frames.shape[:2]
         kept = keep.reshape(-1).nonzero().squeeze(1)
         out = frames.new_zeros(batch * steps, self.local.num_features)
         if kept.numel():
             patches = crop_patches(frames.flatten(0, 1), offsets.reshape(-1, 2)[kept], self.patch_size,
                                    frame_index=kept)
-            out = out.index_put((kept,), self.local(patches).to(out.dtype))
+            out = out.index_put((kept,), (local or self.local)(patches).to(out.dtype))
         return out.unflatten(0, (batch, steps))
 
     def classifier_inputs(self, glance_features: Tensor, local_features: Tensor, keep: Tensor | None = None) -> Tensor:
@@ -307,10 +304,8 @@ class AdaFocusNet(nn.Module):
         skip_logits = skip_values = None
         if self.skip_policy is not None:
             skip_logits, skip_values = self.skip_rollout(glance_maps)
-            if keep is None and keep_threshold is not None:
-                keep = torch.sigmoid(skip_logits.float()) >= keep_threshold
-            elif keep is None and batch_keep_ratio is not None:
-                keep = batch_keep_mask(torch.sigmoid(skip_logits.detach().float()), batch_keep_ratio)
+            if keep is None:
+                keep = keep_mask(skip_logits, keep_threshold, batch_keep_ratio)
         elif keep_threshold is not None or batch_keep_ratio is not None:
             raise ValueError("keep_threshold needs AdaFocus+'s skip policy pi' (model.skip_policy=true)")
         if keep is None:

@@ -75,3 +75,16 @@ class FrameAverageClassifier(nn.Module):
         log_sums = torch.logcumsumexp(self.frame_log_probs(x), dim=1)  # [B, T, K]
         counts = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=log_sums.dtype)
         return log_sums - counts.log()[None, :, None]
+
+
+CLASSIFIERS = ("gru", "fc")
+
+
+def build_classifier(kind: str, in_features: int, num_classes: int, hidden: int = 1024,
+                     dropout: float = 0.8) -> nn.Module:
+    """f_C by name: "gru" (:class:`RecurrentClassifier`, the paper's) or "fc" (:class:`FrameAverageClassifier`)."""
+    if kind == "gru":
+        return RecurrentClassifier(in_features, num_classes, hidden=hidden, dropout=dropout)
+    if kind == "fc":
+        return FrameAverageClassifier(in_features, num_classes, dropout=dropout)
+    raise ValueError(f"classifier must be 'gru' or 'fc', got {kind!r}")

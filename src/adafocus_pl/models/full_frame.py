@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adafocus_pl.models.classifier import FrameAverageClassifier, RecurrentClassifier
+from adafocus_pl.models.classifier import build_classifier
 from adafocus_pl.models.patches import frame_pair
 from adafocus_pl.models.registry import create_backbone
 
@@ -42,12 +42,7 @@ class FullFrameNet(nn.Module):
                        else create_backbone(glance_backbone, pretrained=None, **dict(glance_kwargs or {})))
         self.local = create_backbone(local_backbone, pretrained=None, **dict(local_kwargs or {}))
         in_features = self.local.num_features + (0 if self.glance is None else self.glance.num_features)
-        if classifier == "gru":
-            self.classifier = RecurrentClassifier(in_features, num_classes, hidden=classifier_hidden, dropout=dropout)
-        elif classifier == "fc":
-            self.classifier = FrameAverageClassifier(in_features, num_classes, dropout=dropout)
-        else:
-            raise ValueError(f"classifier must be 'gru' or 'fc', got {classifier!r}")
+        self.classifier = build_classifier(classifier, in_features, num_classes, classifier_hidden, dropout)
 
     @property
     def num_classes(self) -> int:

@@ -39,3 +39,14 @@ def batch_keep_mask(keep_probs: Tensor, keep_ratio: float) -> Tensor:
     """``p >= rho`` with rho solved on this batch itself: the training-time stand-in for a rho solved on the
     whole training set (used to fine-tune f_L/f_C under the skipping they will meet at inference)."""
     return keep_probs >= solve_keep_threshold(keep_probs, keep_ratio)
+
+
+def keep_mask(keep_logits: Tensor, keep_threshold: float | None = None, keep_ratio: float | None = None
+              ) -> Tensor | None:
+    """b_t from pi''s logits: p_t^B = sigmoid(logit) >= rho (``keep_threshold``), else the top eta of these frames
+    (``keep_ratio``, rho solved on them); None when neither is given (every frame runs f_L)."""
+    if keep_threshold is not None:
+        return torch.sigmoid(keep_logits.detach().float()) >= keep_threshold
+    if keep_ratio is not None:
+        return batch_keep_mask(torch.sigmoid(keep_logits.detach().float()), keep_ratio)
+    return None
