@@ -22,3 +22,48 @@ class KillOnce(pl.Callback):
                 and not self.marker.exists():
             self.marker.write_text(f"killed stage {self.stage_id} at epoch {self.epoch}, batch {self.batch}\n")
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillDuringSave(pl.Callback):
+    """SIGKILLs the process halfway through writing its ``save``-th checkpoint (counting from 1), once.
+
+    ``on_save_checkpoint`` runs just before the checkpoint IO writes the file: it makes the next ``torch.save``
+    write half of the bytes, flush them to disk and die there.
+    """
+
+    def __init__(self, marker: str, save: int = 3) -> None:
+        self.marker, self.save, self.saves = Path(marker), save, 0
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.saves += 1
+        if self.saves != self.save or self.marker.exists():
+            return
+        import io
+
+        import torch
+
+        real_save = torch.save
+
+        def save_half_then_die(obj, handle, *args, **kwargs):
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            handle.flush()
+            os.fsync(handle.fileno())
+            self.marker.write_text(f"killed while writing {getattr(handle, 'name', handle)} at global step "
+                                   f"{trainer.global_step}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        torch.save = save_half_then_die
+
+
+class RecordBatches(pl.Callback):
+    """Appends ``epoch batch_idx global_step video indices...`` of every training batch to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        indices = " ".join(str(int(i)) for i in batch["index"])
+        with self.path.open("a") as handle:
+            handle.write(f"{trainer.current_epoch} {batch_idx} {trainer.global_step} {indices}\n")

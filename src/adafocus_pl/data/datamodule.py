@@ -14,8 +14,15 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
-from adafocus_pl.data.datasets import ClipDataset, FrameFolderDataset, VideoFileDataset, resolve_under
+from adafocus_pl.data.datasets import (
+    ON_BAD_SAMPLE,
+    ClipDataset,
+    FrameFolderDataset,
+    VideoFileDataset,
+    resolve_under,
+)
 from adafocus_pl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -27,6 +34,10 @@ from adafocus_pl.data.transforms import (
 log = logging.getLogger(__name__)
 
 KINDS = ("frames", "video")
+# validate(): "stat" looks at every listed file (first/last frame, video size), "decode" also decodes each video's
+# first frame (slow on large video datasets), "off" checks only the list files
+CHECK_FILES = ("stat", "decode", "off")
+SHOWN = 10  # problems listed per split in validate()'s message
 SPLIT_MODES = {"train": "train", "val": "val", "test": "test"}
 
 
@@ -78,10 +89,18 @@ class VideoDataModule(pl.LightningDataModule):
         decoder_threads: int | None = None,
         multiprocessing_context: str | None = None,
         cache_dir: str | None = None,
+        on_bad_sample: str = "error",
+        check_files: str = "stat",
     ):
         super().__init__()
         if kind not in KINDS:
-            raise ValueError(f"unknown data kind {kind!r}; use one of {KINDS}")
+            raise ValueError(f"data.kind={kind!r}: use one of {', '.join(KINDS)}")
+        if on_bad_sample not in ON_BAD_SAMPLE:
+            raise ValueError(f"data.on_bad_sample={on_bad_sample!r}: use one of {', '.join(ON_BAD_SAMPLE)}")
+        if check_files not in CHECK_FILES:
+            raise ValueError(f"data.check_files={check_files!r}: use one of {', '.join(CHECK_FILES)}")
+        self.on_bad_sample = on_bad_sample
+        self.check_files = check_files
         self.kind = kind
         self.root = Path(root)
         self.lists = {"train": train_list, "val": val_list, "test": test_list}
@@ -131,8 +150,56 @@ class VideoDataModule(pl.LightningDataModule):
             return
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if len(names) != self.num_classes:
-            log.warning("%s lists %d classes but num_classes=%d", path, len(names), self.num_classes)
+            raise ValueError(
+                f"classes file {path} (data.classes_file) lists {len(names)} classes but data.num_classes="
+                f"{self.num_classes}: set data.num_classes={len(names)} or fix the file (one class name per line)")
         self.class_names = names
+
+    def validate(self, splits: Sequence[str] = ("train", "val", "test")) -> list[str]:
+        """Every problem found in the data of ``splits`` before training, one message each (empty: all good).
+
+        Lists: present, well-formed, labels in range, not empty; the classes file matches ``num_classes``; then
+        (``check_files``) every listed video's files. Problems in the files are not errors with
+        ``on_bad_sample="skip"``: they are logged here and the videos are skipped when loaded.
+        """
+        problems: list[str] = []
+        try:
+            self._load_class_names()
+        except ValueError as err:
+            problems.append(str(err))
+        for split in splits:
+            if not self.lists.get(split):
+                continue
+            try:
+                dataset = self.datasets.get(split) or self.build_dataset(split)
+            except (OSError, ValueError, KeyError) as err:
+                problems.append(f"data.{split}_list: {err.args[0] if isinstance(err, KeyError) else err}")
+                continue
+            self.datasets[split] = dataset
+            if self.check_files == "off":
+                continue
+            decode = {"decode": True} if self.check_files == "decode" and self.kind == "video" else {}
+            records = dataset.records
+            if decode and len(records) > 200:
+                from tqdm.auto import tqdm
+
+                records = tqdm(records, desc=f"decoding the first frame of every {split} video", leave=False)
+            bad = [msg for msg in (dataset.file_problems(r, **decode) for r in records) if msg]
+            if not bad:
+                continue
+            more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
+            if self.on_bad_sample == "skip":
+                log.warning("%s: %d of %d videos have missing or broken files and will be skipped when loaded "
+                            "(data.on_bad_sample=skip)%s: %s", split, len(bad), len(dataset), more, "; ".join(bad[:SHOWN]))
+                continue
+            problems.extend(bad[:SHOWN])
+            problems.append(f"{split}: {len(bad)} of {len(dataset)} videos of {dataset.list_file} have missing or "
+                            f"broken files{more}: fix them, remove their lines, or set data.on_bad_sample=skip")
+        return problems
+
+    def bad_records(self) -> dict[str, list]:
+        """``{split: [VideoRecord, ...]}`` of the videos skipped so far because they failed to load."""
+        return {split: bad for split, ds in self.datasets.items() if (bad := ds.bad_records())}
 
     def build_dataset(self, split: str, mode: str | None = None) -> ClipDataset:
         """The dataset of ``split`` (train → random sampling + train transform; val/test → centre + eval).
@@ -155,6 +222,7 @@ class VideoDataModule(pl.LightningDataModule):
             list_format=self.list_format,
             min_frames=self.min_frames,
             num_focus_segments=self.num_focus_segments,
+            on_bad_sample=self.on_bad_sample,
         )
         if self.kind == "frames":
             return FrameFolderDataset(frame_template=self.frame_template, first_index=self.first_index, **common)
@@ -181,7 +249,9 @@ class VideoDataModule(pl.LightningDataModule):
             return []  # no list configured: Lightning skips this loop
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-        return DataLoader(
+        # train: a loader whose position Lightning saves in every checkpoint, so a run resumed from a mid-epoch
+        # checkpoint gets the rest of that epoch's videos, in the same order (a DataLoader would restart the epoch)
+        return (StatefulDataLoader if split == "train" else DataLoader)(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,

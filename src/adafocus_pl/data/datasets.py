@@ -4,6 +4,12 @@ A sample is the dict of docs/interfaces.md: ``frames`` uint8 ``[T, 3, H, W]``, `
 ``target`` (multi-hot float32), ``index`` (position of the video in ``dataset.records``) and, with a boxes file,
 ``boxes`` float32 ``[T, 4]`` after the clip transform.
 
+A video that fails to load (missing or undecodable frame or file, no frames) stops training with an error naming the
+file and its list line (``on_bad_sample="error"``), or is skipped (``"skip"``): the sample of the next loadable
+video is returned instead, each bad file is logged once and counted (``bad_records()``, shared by all workers).
+Evaluation drops the stand-in (it carries its own ``index``, already counted), so val/test metrics cover the
+loadable videos only.
+
 Randomness: ``__getitem__`` draws the train-mode frame offsets and crop/flip from torch's global RNG. In a DataLoader
 worker that RNG is seeded by PyTorch from a base seed drawn in the main process every epoch (and by Lightning's
 ``seed_everything(workers=True)``), so runs are reproducible for a fixed seed and worker count and epochs differ.
@@ -34,6 +40,9 @@ except ImportError:  # torchvision.io image decoding is deprecated since 0.29 (T
 log = logging.getLogger(__name__)
 
 EXTRACT_HINT = "python -m adafocus_pl.data.extract_frames SRC_DIR OUT_DIR"
+ON_BAD_SAMPLE = ("error", "skip")
+# what reading one video can raise for a bad file (missing, corrupt, empty); anything else is a bug and propagates
+LOAD_ERRORS = (OSError, RuntimeError, ValueError, IndexError)
 
 
 def resolve_under(root: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -77,7 +86,11 @@ class ClipDataset(Dataset):
         boxes_file: str | os.PathLike | None = None,
         min_frames: int = 3,
         num_focus_segments: int | None = None,
+        on_bad_sample: str = "error",
     ):
+        if on_bad_sample not in ON_BAD_SAMPLE:
+            raise ValueError(f"data.on_bad_sample={on_bad_sample!r}: choose one of {', '.join(ON_BAD_SAMPLE)}")
+        self.on_bad_sample = on_bad_sample
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(
@@ -90,7 +103,9 @@ class ClipDataset(Dataset):
             self.list_file = resolve_under(self.root, list_file)
             self.records, self.num_dropped = parse_list_file(self.list_file, list_format, min_frames, num_classes)
         if not self.records:
-            raise ValueError(f"list file {self.list_file} has no usable videos ({self.num_dropped} too short)")
+            raise ValueError(
+                f"list file {self.list_file} has no usable videos ({self.num_dropped} dropped for having fewer than "
+                f"{min_frames} frames): add videos to it, or lower data.min_frames")
         if self.num_dropped:
             log.info("%s: dropped %d videos with < %d frames", self.list_file, self.num_dropped, min_frames)
         if num_classes is None:
@@ -104,6 +119,8 @@ class ClipDataset(Dataset):
         self.transform = transform
         self.boxes_file = resolve_under(self.root, boxes_file) if boxes_file else None
         self.boxes, self._box_rows = (self._pack_boxes(self.boxes_file) if self.boxes_file else (None, {}))
+        # videos found bad while loading (on_bad_sample=skip): shared memory, so every DataLoader worker sees them
+        self._bad = _shared(torch.zeros(len(self.records), dtype=torch.bool))
 
     def _pack_boxes(self, path: Path) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
         """All videos' boxes in one ``[sum F, 4]`` tensor + {key: (first row, F)}.
@@ -146,11 +163,44 @@ class ClipDataset(Dataset):
             )
         return self.boxes[[start + i for i in indices]]
 
+    def describe(self, record: VideoRecord) -> str:
+        """``<root>/<path> (list line N of <list file>)``: how messages name a video."""
+        return f"{self.root / record.path} (list line {record.line} of {self.list_file})"
+
+    def file_problems(self, record: VideoRecord) -> str | None:
+        """A cheap check, before training, of the files a record needs (no decoding): a message, or None."""
+        raise NotImplementedError
+
+    def bad_records(self) -> list[VideoRecord]:
+        """The videos skipped so far because they failed to load (``on_bad_sample="skip"``)."""
+        return [self.records[i] for i in torch.nonzero(self._bad).reshape(-1).tolist()]
+
+    def _load(self, index: int, generator: torch.Generator | None):
+        """(record, frames, boxes) of video ``index``, or of the next loadable video when skipping bad ones."""
+        for offset in range(len(self.records)):
+            position = (index + offset) % len(self.records)
+            if self.on_bad_sample == "skip" and bool(self._bad[position]):
+                continue
+            record = self.records[position]
+            try:
+                frames, indices = self.read_clip(record, generator)
+                return position, frames, self._boxes_for(record, indices) if self.boxes is not None else None
+            except LOAD_ERRORS as err:
+                if self.on_bad_sample == "error":
+                    err.add_note("(data.on_bad_sample=skip skips videos that fail to load, logging each once)")
+                    raise
+                if not bool(self._bad[position]):
+                    self._bad[position] = True
+                    log.warning("skipping a video that fails to load (data.on_bad_sample=skip; %d skipped so far): "
+                                "%s", int(self._bad.sum()), err)
+        raise RuntimeError(f"no video of {self.list_file} can be loaded ({len(self.records)} tried, all failed): "
+                           f"check data.root and the list, or run with data.on_bad_sample=error to see the first error")
+
     def sample(self, index: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """The sample of video ``index``; ``generator`` drives frame sampling and augmentation."""
+        """The sample of video ``index`` (or its stand-in, see the module docstring); ``generator`` drives frame
+        sampling and augmentation."""
+        index, frames, boxes = self._load(index, generator)
         record = self.records[index]
-        frames, indices = self.read_clip(record, generator)
-        boxes = self._boxes_for(record, indices) if self.boxes is not None else None
         if self.transform is not None:
             frames, boxes = self.transform(frames, boxes, generator=generator)
         target = torch.zeros(self.num_classes, dtype=torch.float32)
@@ -174,6 +224,14 @@ class ClipDataset(Dataset):
         return self.sample(index)
 
 
+def _shared(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in shared memory (visible to DataLoader workers), or as is where there is none (tiny /dev/shm)."""
+    try:
+        return tensor.share_memory_()
+    except RuntimeError:
+        return tensor
+
+
 class FrameFolderDataset(ClipDataset):
     """Pre-extracted frames ``<root>/<path>/<frame_template.format(first_index + i)>`` (facts page, "Data").
 
@@ -195,9 +253,10 @@ class FrameFolderDataset(ClipDataset):
         boxes_file: str | os.PathLike | None = None,
         min_frames: int = 3,
         num_focus_segments: int | None = None,
+        on_bad_sample: str = "error",
     ):
         super().__init__(root, list_file, list_format, num_segments, mode, transform, num_classes, boxes_file,
-                         min_frames, num_focus_segments)
+                         min_frames, num_focus_segments, on_bad_sample)
         self.frame_template = frame_template
         self.first_index = int(first_index)
         self._counts: dict[str, int] = {}
@@ -205,6 +264,20 @@ class FrameFolderDataset(ClipDataset):
     def frame_path(self, record: VideoRecord, index: int) -> Path:
         """File of 0-based frame ``index`` of ``record``."""
         return self.root / record.path / self.frame_template.format(self.first_index + index)
+
+    def file_problems(self, record: VideoRecord) -> str | None:
+        folder = self.root / record.path
+        if not folder.is_dir():
+            return f"frame folder {folder} (list line {record.line} of {self.list_file}) does not exist"
+        first = self.frame_path(record, 0)
+        if not first.is_file():
+            return (f"{folder} (list line {record.line} of {self.list_file}) has no frame {first.name}: check "
+                    f"data.frame_template={self.frame_template!r} and data.first_index={self.first_index}")
+        if record.num_frames is not None and not self.frame_path(record, record.num_frames - 1).is_file():
+            return (f"{folder} (list line {record.line} of {self.list_file}) lacks frames: the list says "
+                    f"{record.num_frames} but {self.frame_path(record, record.num_frames - 1).name} is missing; "
+                    f"re-extract it ({EXTRACT_HINT}) or correct the count")
+        return None
 
     def num_frames(self, record: VideoRecord) -> int:
         if record.num_frames is not None:
@@ -288,21 +361,33 @@ class VideoFileDataset(ClipDataset):
         seek_min_gap: int = 64,
         cache_dir: str | os.PathLike | None = None,
         num_focus_segments: int | None = None,
+        on_bad_sample: str = "error",
     ):
         super().__init__(root, list_file, list_format, num_segments, mode, transform, num_classes, boxes_file,
-                         min_frames, num_focus_segments)
+                         min_frames, num_focus_segments, on_bad_sample)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.decoder_threads = max(1, int(decoder_threads))
         self.seek_min_gap = int(seek_min_gap)
-        self._counts = torch.full((len(self.records),), -1, dtype=torch.int64)
-        try:
-            self._counts.share_memory_()
-        except RuntimeError:  # no shared memory (e.g. a tiny /dev/shm): per-process cache
-            pass
+        self._counts = _shared(torch.full((len(self.records),), -1, dtype=torch.int64))
         self._slot = {record.line: i for i, record in enumerate(self.records)}  # survives pickling to workers
 
     def video_path(self, record: VideoRecord) -> Path:
         return self.root / record.path
+
+    def file_problems(self, record: VideoRecord, decode: bool = False) -> str | None:
+        """Missing or empty file; with ``decode``, also a file whose first frame does not decode (slower)."""
+        path = self.video_path(record)
+        where = f"(list line {record.line} of {self.list_file})"
+        if not path.is_file():
+            return f"video file {path} {where} does not exist"
+        if path.stat().st_size == 0:
+            return f"video file {path} {where} is empty (0 bytes): download it again"
+        if decode:
+            try:
+                self._read_clip_decoded(record, None, probe=True)
+            except LOAD_ERRORS as err:
+                return str(err)
+        return None
 
     def _open(self, record: VideoRecord):
         import av  # lazy: keeps `import adafocus_pl.data.datasets` cheap for frame-only users
@@ -332,7 +417,8 @@ class VideoFileDataset(ClipDataset):
         count = int(stream.frames or 0)
         if count <= 0:  # no count in the header (webm/mkv): count the packets once, then rewind
             count = sum(1 for packet in container.demux(stream) if packet.size)
-            container.seek(stream.start_time or 0, stream=stream, backward=True, any_frame=False)
+            if count > 0:
+                container.seek(stream.start_time or 0, stream=stream, backward=True, any_frame=False)
         self._counts[slot] = count
         return count
 
@@ -365,7 +451,10 @@ class VideoFileDataset(ClipDataset):
         indices = self.sampler(len(video), generator)
         return torch.from_numpy(np.ascontiguousarray(video[indices])).permute(0, 3, 1, 2), indices
 
-    def _read_clip_decoded(self, record: VideoRecord, generator: torch.Generator | None, all_frames: bool = False):
+    def _read_clip_decoded(self, record: VideoRecord, generator: torch.Generator | None, all_frames: bool = False,
+                           probe: bool = False):
+        """``probe``: decode only the first and the last frame, and fail if the stream ends well before the frame
+        count (a truncated file) instead of repeating its last frame."""
         import av
 
         path = self.video_path(record)
@@ -374,21 +463,28 @@ class VideoFileDataset(ClipDataset):
             with container:
                 num_frames = self._frame_count(record, container, stream)
                 if num_frames < 1:
-                    raise RuntimeError("the container reports no frames")
-                indices = list(range(num_frames)) if all_frames else self.sampler(num_frames, generator)
-                decoded = self._decode(container, stream, indices, num_frames)
+                    raise RuntimeError("the video has no frames (an empty or failed encode)")
+                if probe:
+                    indices = sorted({0, num_frames - 1})
+                else:
+                    indices = list(range(num_frames)) if all_frames else self.sampler(num_frames, generator)
+                decoded = self._decode(container, stream, indices, num_frames, strict=probe)
         except (av.FFmpegError, OSError, RuntimeError) as err:
             if isinstance(err, FileNotFoundError):
                 raise
+            reason = ("the file ends before its first video frame (empty or truncated)"
+                      if isinstance(err, av.EOFError) else err)
             raise RuntimeError(
-                f"cannot decode video {path} (list line {record.line} of {self.list_file}): {err}. Check that it "
+                f"cannot decode video {path} (list line {record.line} of {self.list_file}): {reason}. Check that it "
                 f"plays (ffprobe), re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4), or extract frames with "
                 f"{EXTRACT_HINT} and use data.kind=frames"
             ) from err
         return torch.stack([decoded[i] for i in indices]), indices
 
-    def _decode(self, container, stream, indices: list[int], num_frames: int) -> dict[int, torch.Tensor]:
-        """Decode the frames ``indices`` (0-based); frames past the real end repeat the last decoded frame."""
+    def _decode(self, container, stream, indices: list[int], num_frames: int,
+                strict: bool = False) -> dict[int, torch.Tensor]:
+        """Decode the frames ``indices`` (0-based); frames past the real end repeat the last decoded frame (an
+        error with ``strict``)."""
         targets = sorted(set(indices))
         rate, time_base = stream.average_rate or stream.guessed_rate, stream.time_base
         start = stream.start_time or 0
@@ -427,6 +523,9 @@ class VideoFileDataset(ClipDataset):
             else:  # stream ended before `target`: the count was too high; repeat the last decoded frame
                 if previous is None:
                     raise RuntimeError(f"no decodable frame at or after index {target}")
+                if strict and pos + 1 < 0.95 * num_frames:  # header counts may be off by a few frames
+                    raise RuntimeError(f"the stream ends at frame {pos} although the video has {num_frames} frames: "
+                                       f"the file is truncated (download it again)")
                 image = _to_tensor(previous)
                 for t in targets[k:]:
                     out[t] = image

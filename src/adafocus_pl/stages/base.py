@@ -22,11 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
 from adafocus_pl.models.build import build_network
+from adafocus_pl.stages.checkpoints import CheckpointError, network_mismatches, read_checkpoint
 
 NET_PARTS = ("glance", "policy", "skip_policy", "local", "classifier")  # skip_policy: AdaFocus+'s pi' (or None)
-# the network settings that must agree between a checkpoint and the run that loads it
-SHAPE_KEYS = ("architecture", "num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size", "classifier",
-              "location_policy", "glance_frames", "focus_frames", "temporal_shift", "use_glance")
 # val/test metrics come from records gathered over all ranks (the same on every rank): no sync_dist needed
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/")
 # ... and every video is evaluated once (the DistributedSampler's repeats are dropped): no need for devices=1
@@ -119,13 +117,22 @@ class StageModule(pl.LightningModule):
                 logger.log_metrics({"model/gflops_per_video": gflops}, step=0)
 
     def on_train_epoch_start(self) -> None:
-        # Lightning restores the module modes it captured around validation rather than calling train(), so
-        # enforce eval mode on the frozen parts here too (their BN statistics must not move).
-        self._frozen_to_eval()
         # Every epoch's randomness (shuffling, worker seeds, random patches, PPO samples) is a function of
         # (seed, epoch) alone: a run resumed from an epoch's checkpoint retraces the uninterrupted run exactly.
         # Runs before the train DataLoader's iterator (and so its sampler and worker seeds) is created.
-        seed = self.eval_seed + self.current_epoch
+        self._start_training(self.eval_seed + self.current_epoch)
+
+    def on_train_start(self) -> None:
+        # A run resumed from a mid-epoch checkpoint (callbacks.step_checkpoint) gets no on_train_epoch_start:
+        # the loader continues where it was saved; the model's random draws get a seed of (seed, epoch, step).
+        if self.trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0:
+            self._start_training((self.eval_seed + self.current_epoch) * 1_000_003 + self.global_step)
+
+    def _start_training(self, seed: int) -> None:
+        # Lightning restores the module modes it captured around validation rather than calling train(), so
+        # enforce eval mode on the frozen parts here too (their BN statistics must not move).
+        self._frozen_to_eval()
+        seed %= 2**32
         pl.seed_everything(seed, workers=True, verbose=False)
         if self.global_rank > 0:
             # DDP: each rank its own random patches, PPO samples and dropout (one stream on every rank would
@@ -145,22 +152,17 @@ class StageModule(pl.LightningModule):
                 f"init_from checkpoint not found: {path}. Run the previous stage first (same experiment_name, "
                 f"model.patch_size and seed), or pass init_from=/path/to/stage.ckpt (init_from=null to start fresh)."
             )
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        stage = ckpt.get("adafocus_stage")
-        if stage is None or "hyper_parameters" not in ckpt:
-            raise ValueError(f"{path} is not an adafocus-pl stage checkpoint (no 'adafocus_stage' entry).")
+        ckpt = read_checkpoint(path, "init_from")
+        stage = ckpt["adafocus_stage"]
         if stage not in self.accepts_init_from:
-            raise ValueError(
-                f"{path} is a stage {stage} checkpoint, but stage {self.stage_id} starts from stage "
+            raise CheckpointError(
+                f"init_from={path} is a stage {stage} checkpoint, but stage {self.stage_id} starts from stage "
                 f"{' or '.join(map(str, self.accepts_init_from))}. Point init_from at the right stage's checkpoint."
             )
         theirs, ours = ckpt["hyper_parameters"]["net"], self.hparams.net
-        for key in SHAPE_KEYS:
-            if theirs.get(key) != ours.get(key):
-                raise ValueError(
-                    f"{path} was trained with model.{key}={theirs.get(key)!r} but this run has "
-                    f"model.{key}={ours.get(key)!r}: set model.{key}={theirs.get(key)!r} or use a matching checkpoint."
-                )
+        mismatches = network_mismatches(theirs, ours, path, "init_from")
+        if mismatches:
+            raise CheckpointError("; ".join(mismatches))
         state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         own = self.net.state_dict()
         bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]

@@ -8,10 +8,13 @@ from. Under DDP every rank stops together (a rank that stopped alone would leave
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -59,3 +62,40 @@ class StopOnNonFiniteLoss(pl.Callback):
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         check_finite(trainer, pl_module, "training loss", loss)
+
+
+class ReportSkippedVideos(pl.Callback):
+    """With ``data.on_bad_sample=skip``: logs ``data/skipped_videos`` (videos that failed to load, all splits) after
+    every epoch and lists them in ``<run dir>/skipped_videos.txt`` (``skipped_videos.rank<r>.txt`` on the other DDP
+    ranks, each of which loads its own share of the videos)."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.reported = 0
+
+    def _report(self, trainer, pl_module, log_metric: bool) -> None:
+        bad_records = getattr(trainer.datamodule, "bad_records", None)
+        if bad_records is None:
+            return
+        skipped = bad_records()
+        count = sum(len(records) for records in skipped.values())
+        if log_metric and count:
+            pl_module.log("data/skipped_videos", float(count), rank_zero_only=True)
+        if count == self.reported:
+            return
+        self.reported = count
+        name = "skipped_videos.txt" if trainer.global_rank == 0 else f"skipped_videos.rank{trainer.global_rank}.txt"
+        lines = [f"{split}\t{ds_record.path}\tline {ds_record.line}" for split, records in skipped.items()
+                 for ds_record in records]
+        (self.output_dir / name).write_text("split\tpath\tlist line\n" + "\n".join(lines) + "\n")
+        log.warning("%d videos failed to load and were skipped so far (data.on_bad_sample=skip): see %s", count,
+                    self.output_dir / name)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._report(trainer, pl_module, log_metric=True)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._report(trainer, pl_module, log_metric=not trainer.sanity_checking)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._report(trainer, pl_module, log_metric=True)

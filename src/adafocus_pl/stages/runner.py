@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from adafocus_pl.stages.guards import StopOnNonFiniteLoss
+from adafocus_pl.preflight import checkpoint_problems, config_problems, raise_if
+from adafocus_pl.stages.guards import ReportSkippedVideos, StopOnNonFiniteLoss
 from adafocus_pl.utils.instantiate import instantiate_group
 from adafocus_pl.utils.wandb_run import (
     WandbRunIdInCheckpoint,
@@ -46,11 +47,15 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         pl.seed_everything(cfg.seed, workers=True)
+        raise_if(config_problems(cfg))  # before anything is built: a bad P or T fails here, by key
         # plain containers, not OmegaConf objects: checkpoints stay loadable with torch.load(weights_only=True)
         datamodule = instantiate(cfg.data, _recursive_=False, _convert_="all")
+        if datamodule.synthetic is None:  # generated data is checked by its generator (and may not exist yet)
+            raise_if(datamodule.validate())
         module = instantiate(cfg.stage.module, _recursive_=False, _convert_="all")
 
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        raise_if(checkpoint_problems(ckpt_path, module))
         training = cfg.get("train", True)
         if ckpt_path and training:
             log.info("resuming stage %s from %s", cfg.stage.id, ckpt_path)
@@ -61,7 +66,8 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
             log.info("stage %s starts from the weights of %s", cfg.stage.id, cfg.init_from)
             module.load_init_weights(cfg.init_from)
 
-        callbacks = instantiate_group(cfg.get("callbacks"), "callbacks") + [StopOnNonFiniteLoss()]
+        callbacks = instantiate_group(cfg.get("callbacks"), "callbacks") + [StopOnNonFiniteLoss(),
+                                                                           ReportSkippedVideos(output_dir)]
         check_wandb_mode(cfg)
         loggers = instantiate_group(cfg.get("logger"), "logger")
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):

@@ -1,0 +1,120 @@
+"""Stage checkpoints: written atomically, read with clear errors, checked against the run that loads them.
+
+- :class:`AtomicCheckpointIO` (every trainer config's ``plugins``): a kill during a save leaves the previous file;
+- :func:`read_checkpoint` / :func:`resume_problems` / :func:`network_mismatches`: used by ``init_from`` (weights
+  of an earlier stage) and by the checks a resumed run (``ckpt_path``) makes before training
+  (:mod:`adafocus_pl.preflight`); the messages say which setting differs and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.utilities.cloud_io import get_filesystem
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+TMP_SUFFIX = ".tmp"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write ``<dir>/.<name>.<pid>.tmp`` in the checkpoint's own directory, fsync it, then ``os.replace`` it onto
+    ``<name>``: a process killed at any point leaves the old checkpoint or the new one, never a truncated one.
+
+    Lightning's own save is atomic only when the system temp directory and the checkpoint share a filesystem: it
+    writes through fsspec to a file in ``$TMPDIR`` and moves it, and a move across filesystems (node-local /tmp,
+    logs on NFS or Lustre, the usual cluster layout) is a copy straight into the target. It also never fsyncs.
+    Remote paths (``s3://`` ...) keep Lightning's fsspec transaction. A temp file left by a killed save is removed
+    by the next save to that name.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or type(get_filesystem(path)).__name__ != "LocalFileSystem":
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_directory(path.parent)  # the rename itself survives a crash of the machine
+        for stale in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):  # left by a killed save
+            stale.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+# the network settings that must agree between a checkpoint and the run that loads it
+SHAPE_KEYS = ("architecture", "num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size", "classifier",
+              "location_policy", "glance_frames", "focus_frames", "temporal_shift", "use_glance")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the run that loads it."""
+
+
+def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
+    """``torch.load`` of an adafocus-pl stage checkpoint; ``key`` (``init_from``, ``ckpt_path``) names the setting
+    that pointed at it in the messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={path} does not exist: give an existing checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # truncated zip, pickle garbage, not a torch file: all unreadable for the user
+        raise CheckpointError(
+            f"{key}={path} cannot be read ({type(err).__name__}: {err}); the file is truncated or not a checkpoint. "
+            f"Point {key} at another file of {path.parent} (last.ckpt, epochNNN.ckpt) or remove it to start over"
+        ) from err
+    if not isinstance(ckpt, Mapping) or "adafocus_stage" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{key}={path} is not an adafocus-pl stage checkpoint (no 'adafocus_stage' entry)")
+    return dict(ckpt)
+
+
+def network_mismatches(theirs: Mapping, ours: Mapping, path: str | Path, key: str) -> list[str]:
+    """One message per network setting (``model.*``) that differs between a checkpoint and this run."""
+    problems = [
+        f"{key}={path} was trained with model.{name}={theirs.get(name)!r} but this run has model.{name}="
+        f"{ours.get(name)!r}: set model.{name}={theirs.get(name)!r} or use a checkpoint trained with "
+        f"{ours.get(name)!r}"
+        for name in SHAPE_KEYS if theirs.get(name) != ours.get(name)
+    ]
+    if bool(theirs.get("skip_policy")) != bool(ours.get("skip_policy")) and key == "ckpt_path":
+        wanted = "plus=on" if theirs.get("skip_policy") else "plus=off"
+        problems.append(f"{key}={path} is {'an AdaFocus+' if theirs.get('skip_policy') else 'an AdaFocus'} "
+                        f"checkpoint: resume it with {wanted}")
+    return problems
+
+
+def resume_problems(path: str | Path, stage_id: int, net: Mapping) -> list[str]:
+    """What stops ``ckpt_path=path`` from resuming a stage ``stage_id`` run of network ``net`` (empty: fine)."""
+    try:
+        ckpt = read_checkpoint(path, "ckpt_path")
+    except (OSError, CheckpointError) as err:
+        return [str(err)]
+    problems = []
+    if ckpt["adafocus_stage"] != stage_id:
+        problems.append(
+            f"ckpt_path={path} is a stage {ckpt['adafocus_stage']} checkpoint but this run is stage {stage_id}: "
+            f"resume it with stage=stage{ckpt['adafocus_stage']}, or start stage {stage_id} from its weights with "
+            f"init_from={path} ckpt_path=null")
+    return problems + network_mismatches(ckpt["hyper_parameters"].get("net", {}), net, path, "ckpt_path")
