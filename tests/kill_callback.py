@@ -67,3 +67,22 @@ class RecordBatches(pl.Callback):
         indices = " ".join(str(int(i)) for i in batch["index"])
         with self.path.open("a") as handle:
             handle.write(f"{trainer.current_epoch} {batch_idx} {trainer.global_step} {indices}\n")
+
+
+class CrashWorkerOn(pl.Callback):
+    """From epoch 1 on, a DataLoader worker that reads training video ``video`` dies of a segmentation fault (the
+    patch is made after epoch 0, before the next epoch's workers are forked from the main process)."""
+
+    def __init__(self, video: str) -> None:
+        self.video = video
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        dataset = trainer.datamodule.datasets["train"]
+        read_clip, video = dataset.read_clip, self.video
+
+        def crash_on_video(record, generator):
+            if record.path == video:
+                os.kill(os.getpid(), signal.SIGSEGV)
+            return read_clip(record, generator)
+
+        dataset.read_clip = crash_on_video

@@ -2,7 +2,8 @@
 
 One table, one row per bad input: each row copies a small, valid frame-folder + video dataset, breaks one thing,
 runs ``run_stage`` (which checks config, data and checkpoints before it builds a trainer) and matches the message.
-Then ``data.on_bad_sample``: ``error`` names the file at load time, ``skip`` replaces, logs once and counts.
+Then ``data.on_bad_sample``: ``error`` names the file at load time, ``skip`` replaces, logs once and counts; and a
+DataLoader worker that dies in native code is reported with the video it was reading.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import torch
 from helpers_video import write_frame_folder, write_video
 
-from adafocus_pl.data.datamodule import VideoDataModule
+from adafocus_pl.data.datamodule import DataLoaderWorkerError, VideoDataModule
 from adafocus_pl.stages.runner import run_stage
 from adafocus_pl.utils.config import compose
 
@@ -311,3 +312,26 @@ def test_a_run_with_skip_trains_and_lists_the_skipped_videos(good_data, tmp_path
     assert metrics["data/skipped_videos"] == 2
     listed = (Path(cfg.paths.output_dir) / "skipped_videos.txt").read_text().splitlines()
     assert sorted(line.split("\t")[1] for line in listed[1:]) == ["v1", "v2"]
+
+
+# --- a DataLoader worker that dies in native code -------------------------------------------------------------------
+def test_a_crashed_worker_surfaces_the_video_it_was_reading(good_data, tmp_path, capfd):
+    cfg = compose("train", frame_overrides(good_data, tmp_path / "logs") + [
+        "data.num_workers=1", "trainer.max_epochs=2",
+        "+callbacks.crash._target_=tests.kill_callback.CrashWorkerOn", "+callbacks.crash.video=v1"])
+    with pytest.raises(DataLoaderWorkerError) as died:
+        run_stage(cfg)
+    message = str(died.value)
+    assert re.search(r"a DataLoader worker died while reading \S*frames/v1 \(list line 3 of \S*train.txt\): "
+                     r"DataLoader worker \(pid(\(s\))? \d+\) (exited unexpectedly|is killed by signal: Segmentation fault)",
+                     message), message
+    assert "data.num_workers=0" in message and "out-of-memory" in message
+    assert "Fatal Python error: Segmentation fault" in capfd.readouterr().err  # the worker's stack (faulthandler)
+
+
+def test_other_errors_are_not_mistaken_for_a_dead_worker(good_data):
+    dm = datamodule(good_data)
+    assert dm.explain_worker_failure(RuntimeError("CUDA out of memory")) is None
+    assert dm.explain_worker_failure(ValueError("DataLoader worker (pid 1) exited unexpectedly")) is None
+    explained = dm.explain_worker_failure(RuntimeError("DataLoader worker (pid(s) 12) exited unexpectedly"))
+    assert "between videos" in str(explained)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -39,6 +40,13 @@ KINDS = ("frames", "video")
 CHECK_FILES = ("stat", "decode", "off")
 SHOWN = 10  # problems listed per split in validate()'s message
 SPLIT_MODES = {"train": "train", "val": "val", "test": "test"}
+
+
+class DataLoaderWorkerError(RuntimeError):
+    """A DataLoader worker process died (a native crash or a kill), with the video it was reading."""
+
+
+WORKER_DIED = re.compile(r"DataLoader worker \(pid")
 
 
 def focus_inputs(batch: Mapping) -> dict:
@@ -196,6 +204,24 @@ class VideoDataModule(pl.LightningDataModule):
             problems.append(f"{split}: {len(bad)} of {len(dataset)} videos of {dataset.list_file} have missing or "
                             f"broken files{more}: fix them, remove their lines, or set data.on_bad_sample=skip")
         return problems
+
+    def explain_worker_failure(self, error: BaseException) -> DataLoaderWorkerError | None:
+        """For PyTorch's "DataLoader worker (pid N) ... exited unexpectedly / killed by signal" (which names no file):
+        an error naming the videos the workers were reading and what to do; None for any other error.
+
+        A Python exception in a worker needs none of this: PyTorch re-raises it with the worker's traceback and
+        our message, which names the file."""
+        if not isinstance(error, RuntimeError) or not WORKER_DIED.search(str(error)):
+            return None
+        loading = [ds.describe(record) for ds in self.datasets.values() for record in ds.loading_now()]
+        where = (f"while reading {', '.join(dict.fromkeys(loading))}" if loading else
+                 "between videos (not while reading one)")
+        return DataLoaderWorkerError(
+            f"a DataLoader worker died {where}: {error}. A native crash (Segmentation fault, Bus error; e.g. in a "
+            f"video decoder) printed the worker's Python stack above ('Fatal Python error'): check that video with "
+            f"ffprobe and re-encode or remove it. 'Killed' is most often the out-of-memory killer: lower "
+            f"data.num_workers or data.batch_size. data.num_workers=0 reads in the main process, where any error "
+            f"is raised directly.")
 
     def bad_records(self) -> dict[str, list]:
         """``{split: [VideoRecord, ...]}`` of the videos skipped so far because they failed to load."""

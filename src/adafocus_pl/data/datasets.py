@@ -18,6 +18,7 @@ Call ``dataset.sample(index, generator)`` for an explicitly seeded draw. Eval mo
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from adafocus_pl.data.listfile import VideoRecord, parse_list_file
 from adafocus_pl.data.sampling import GlanceFocusSampler, SegmentSampler
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 EXTRACT_HINT = "python -m adafocus_pl.data.extract_frames SRC_DIR OUT_DIR"
 ON_BAD_SAMPLE = ("error", "skip")
+MAX_WORKERS = 256  # DataLoader workers whose current video is tracked (to name it if the worker dies)
 # what reading one video can raise for a bad file (missing, corrupt, empty); anything else is a bug and propagates
 LOAD_ERRORS = (OSError, RuntimeError, ValueError, IndexError)
 
@@ -121,6 +123,9 @@ class ClipDataset(Dataset):
         self.boxes, self._box_rows = (self._pack_boxes(self.boxes_file) if self.boxes_file else (None, {}))
         # videos found bad while loading (on_bad_sample=skip): shared memory, so every DataLoader worker sees them
         self._bad = _shared(torch.zeros(len(self.records), dtype=torch.bool))
+        # the video each DataLoader worker is reading (-1: none): names it when a worker dies in native code
+        self._loading = _shared(torch.full((MAX_WORKERS,), -1, dtype=torch.int64))
+        self._worker_slot: int | None = None
 
     def _pack_boxes(self, path: Path) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
         """All videos' boxes in one ``[sum F, 4]`` tensor + {key: (first row, F)}.
@@ -171,6 +176,10 @@ class ClipDataset(Dataset):
         """A cheap check, before training, of the files a record needs (no decoding): a message, or None."""
         raise NotImplementedError
 
+    def loading_now(self) -> list[VideoRecord]:
+        """The videos DataLoader workers are reading right now (after a worker died: the one it died on)."""
+        return [self.records[i] for i in self._loading.tolist() if i >= 0]
+
     def bad_records(self) -> list[VideoRecord]:
         """The videos skipped so far because they failed to load (``on_bad_sample="skip"``)."""
         return [self.records[i] for i in torch.nonzero(self._bad).reshape(-1).tolist()]
@@ -182,6 +191,8 @@ class ClipDataset(Dataset):
             if self.on_bad_sample == "skip" and bool(self._bad[position]):
                 continue
             record = self.records[position]
+            if self._worker_slot is not None:
+                self._loading[self._worker_slot] = position
             try:
                 frames, indices = self.read_clip(record, generator)
                 return position, frames, self._boxes_for(record, indices) if self.boxes is not None else None
@@ -221,7 +232,19 @@ class ClipDataset(Dataset):
         return out
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.sample(index)
+        worker = get_worker_info()
+        if worker is None:
+            return self.sample(index)
+        if self._worker_slot is None:  # first sample in this worker process
+            self._worker_slot = worker.id % MAX_WORKERS
+            # a native crash (e.g. in a video decoder) prints this worker's Python stack to the process's stderr.
+            # Disabled first: an enable() inherited from the parent is a no-op, and PyTorch's worker start-up has
+            # replaced its SIGSEGV/SIGBUS handlers (PyTorch's handler still runs after the stack is printed).
+            faulthandler.disable()
+            faulthandler.enable(file=2)
+        out = self.sample(index)
+        self._loading[self._worker_slot] = -1
+        return out
 
 
 def _shared(tensor: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,8 @@
 non-finite gradients ever reaches the weights, and no checkpoint is written after it: ``last.ckpt`` stays the
 last good state. The message names the stage, epoch, step, the videos of the batch and the checkpoint to resume
 from. Under DDP every rank stops together (a rank that stopped alone would leave the others waiting).
+
+``ReportSkippedVideos``: with ``data.on_bad_sample=skip``, the count and the list of videos that failed to load.
 """
 
 from __future__ import annotations

@@ -76,19 +76,30 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-        metrics: dict[str, float] = {}
-        if training:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
-            ckpt_path = None  # test the weights fit() ended with
-        elif ckpt_path:  # train=false ckpt_path=...: validate and test that checkpoint
-            for result in trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
-                metrics.update({k: float(v) for k, v in result.items()})
-        if cfg.get("test", True):
-            for result in trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
-                metrics.update({k: float(v) for k, v in result.items()})
-        if trainer.is_global_zero:
-            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        return metrics
+        try:
+            return _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, training, output_dir)
+        except RuntimeError as err:
+            explained = datamodule.explain_worker_failure(err)
+            if explained is None:
+                raise
+            raise explained from err
     finally:
         finish_wandb()
+
+
+def _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, training, output_dir) -> dict[str, float]:
+    """fit (or validate ``ckpt_path`` with ``train=false``), then test; write ``metrics.json``."""
+    metrics: dict[str, float] = {}
+    if training:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        ckpt_path = None  # test the weights fit() ended with
+    elif ckpt_path:  # train=false ckpt_path=...: validate and test that checkpoint
+        for result in trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
+            metrics.update({k: float(v) for k, v in result.items()})
+    if cfg.get("test", True):
+        for result in trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
+            metrics.update({k: float(v) for k, v in result.items()})
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
