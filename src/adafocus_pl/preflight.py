@@ -9,7 +9,7 @@ epoch 37 with a stack trace. Each message names the config key, file or list lin
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from adafocus_pl.stages.checkpoints import resume_problems
 
@@ -23,31 +23,24 @@ class PreflightError(ValueError):
         super().__init__(f"{len(self.problems)} problem(s) found before training (nothing was run):\n{lines}")
 
 
-def _get(cfg: DictConfig, key: str):
-    value = cfg
-    for part in key.split("."):
-        value = value.get(part) if value is not None else None
-    return value
-
-
 def config_problems(cfg: DictConfig) -> list[str]:
     """Settings that cannot work, named by their config key (checked before anything is built)."""
     problems = []
-    frames = _get(cfg, "data.num_segments")
+    frames = OmegaConf.select(cfg, "data.num_segments")
     if frames is None or int(frames) < 1:
         problems.append(f"data.num_segments={frames}: T, the frames per video, must be >= 1 (the paper uses 16 on "
                         f"ActivityNet/FCVID/Mini-Kinetics, 8 or 12 on Something-Something)")
-    focus = _get(cfg, "data.num_focus_segments")
+    focus = OmegaConf.select(cfg, "data.num_focus_segments")
     if focus is not None and int(focus) < 1:
         problems.append(f"data.num_focus_segments={focus}: must be >= 1, or null to focus on the glance frames")
-    batch = _get(cfg, "data.batch_size")
+    batch = OmegaConf.select(cfg, "data.batch_size")
     if batch is None or int(batch) < 1:
         problems.append(f"data.batch_size={batch}: must be >= 1 (videos per device)")
-    classes = _get(cfg, "data.num_classes")
+    classes = OmegaConf.select(cfg, "data.num_classes")
     if classes is None or int(classes) < 1:
         problems.append(f"data.num_classes={classes}: must be >= 1")
     model = cfg.get("model") or {}
-    frame = model.get("frame_size", _get(cfg, "data.eval_crop"))
+    frame = model.get("frame_size", OmegaConf.select(cfg, "data.eval_crop"))
     patch = model.get("patch_size")
     full_frame = model.get("location_policy") == "full"  # the TSM baselines: f_L sees the whole frame
     if patch is not None and frame is not None and not full_frame and not 0 < int(patch) < int(frame):

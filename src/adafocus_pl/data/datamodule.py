@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("frames", "video")
 # validate(): "stat" looks at every listed file (first/last frame, video size), "decode" also decodes each video's
-# first frame (slow on large video datasets), "off" checks only the list files
+# first and last frame (slow on large video datasets), "off" checks only the list files
 CHECK_FILES = ("stat", "decode", "off")
 SHOWN = 10  # problems listed per split in validate()'s message
 SPLIT_MODES = {"train": "train", "val": "val", "test": "test"}
@@ -191,7 +191,7 @@ class VideoDataModule(pl.LightningDataModule):
             if decode and len(records) > 200:
                 from tqdm.auto import tqdm
 
-                records = tqdm(records, desc=f"decoding the first frame of every {split} video", leave=False)
+                records = tqdm(records, desc=f"decoding the first and last frame of every {split} video", leave=False)
             bad = [msg for msg in (dataset.file_problems(r, **decode) for r in records) if msg]
             if not bad:
                 continue

@@ -91,7 +91,7 @@ class ClipDataset(Dataset):
         on_bad_sample: str = "error",
     ):
         if on_bad_sample not in ON_BAD_SAMPLE:
-            raise ValueError(f"data.on_bad_sample={on_bad_sample!r}: choose one of {', '.join(ON_BAD_SAMPLE)}")
+            raise ValueError(f"data.on_bad_sample={on_bad_sample!r}: use one of {', '.join(ON_BAD_SAMPLE)}")
         self.on_bad_sample = on_bad_sample
         self.root = Path(root)
         if not self.root.is_dir():
@@ -289,17 +289,17 @@ class FrameFolderDataset(ClipDataset):
         return self.root / record.path / self.frame_template.format(self.first_index + index)
 
     def file_problems(self, record: VideoRecord) -> str | None:
-        folder = self.root / record.path
-        if not folder.is_dir():
-            return f"frame folder {folder} (list line {record.line} of {self.list_file}) does not exist"
+        if not (self.root / record.path).is_dir():
+            return f"frame folder {self.describe(record)} does not exist"
         first = self.frame_path(record, 0)
         if not first.is_file():
-            return (f"{folder} (list line {record.line} of {self.list_file}) has no frame {first.name}: check "
+            return (f"{self.describe(record)} has no frame {first.name}: check "
                     f"data.frame_template={self.frame_template!r} and data.first_index={self.first_index}")
-        if record.num_frames is not None and not self.frame_path(record, record.num_frames - 1).is_file():
-            return (f"{folder} (list line {record.line} of {self.list_file}) lacks frames: the list says "
-                    f"{record.num_frames} but {self.frame_path(record, record.num_frames - 1).name} is missing; "
-                    f"re-extract it ({EXTRACT_HINT}) or correct the count")
+        if record.num_frames is not None:
+            last = self.frame_path(record, record.num_frames - 1)
+            if not last.is_file():
+                return (f"{self.describe(record)} lacks frames: the list says {record.num_frames} but {last.name} "
+                        f"is missing; re-extract it ({EXTRACT_HINT}) or correct the count")
         return None
 
     def num_frames(self, record: VideoRecord) -> int:
@@ -398,13 +398,13 @@ class VideoFileDataset(ClipDataset):
         return self.root / record.path
 
     def file_problems(self, record: VideoRecord, decode: bool = False) -> str | None:
-        """Missing or empty file; with ``decode``, also a file whose first frame does not decode (slower)."""
+        """Missing or empty file; with ``decode``, also a file whose first or last frame does not decode, or that
+        ends well before its frame count (slower)."""
         path = self.video_path(record)
-        where = f"(list line {record.line} of {self.list_file})"
         if not path.is_file():
-            return f"video file {path} {where} does not exist"
+            return f"video file {self.describe(record)} does not exist"
         if path.stat().st_size == 0:
-            return f"video file {path} {where} is empty (0 bytes): download it again"
+            return f"video file {self.describe(record)} is empty (0 bytes): download it again"
         if decode:
             try:
                 self._read_clip_decoded(record, None, probe=True)
@@ -418,7 +418,7 @@ class VideoFileDataset(ClipDataset):
         path = self.video_path(record)
         if not path.is_file():
             raise FileNotFoundError(
-                f"video file {path} (list line {record.line} of {self.list_file}) does not exist: check data.root "
+                f"video file {self.describe(record)} does not exist: check data.root "
                 f"and the list file"
             )
         container = av.open(str(path))
@@ -480,7 +480,6 @@ class VideoFileDataset(ClipDataset):
         count (a truncated file) instead of repeating its last frame."""
         import av
 
-        path = self.video_path(record)
         try:
             container, stream = self._open(record)  # an unreadable file fails here already
             with container:
@@ -498,7 +497,7 @@ class VideoFileDataset(ClipDataset):
             reason = ("the file ends before its first video frame (empty or truncated)"
                       if isinstance(err, av.EOFError) else err)
             raise RuntimeError(
-                f"cannot decode video {path} (list line {record.line} of {self.list_file}): {reason}. Check that it "
+                f"cannot decode video {self.describe(record)}: {reason}. Check that it "
                 f"plays (ffprobe), re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4), or extract frames with "
                 f"{EXTRACT_HINT} and use data.kind=frames"
             ) from err

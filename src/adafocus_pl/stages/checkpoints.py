@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
@@ -32,7 +33,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None or type(get_filesystem(path)).__name__ != "LocalFileSystem":
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +63,7 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
 
 # the network settings that must agree between a checkpoint and the run that loads it
 SHAPE_KEYS = ("architecture", "num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size", "classifier",
@@ -98,10 +100,6 @@ def network_mismatches(theirs: Mapping, ours: Mapping, path: str | Path, key: st
         f"{ours.get(name)!r}"
         for name in SHAPE_KEYS if theirs.get(name) != ours.get(name)
     ]
-    if bool(theirs.get("skip_policy")) != bool(ours.get("skip_policy")) and key == "ckpt_path":
-        wanted = "plus=on" if theirs.get("skip_policy") else "plus=off"
-        problems.append(f"{key}={path} is {'an AdaFocus+' if theirs.get('skip_policy') else 'an AdaFocus'} "
-                        f"checkpoint: resume it with {wanted}")
     return problems
 
 
@@ -117,4 +115,10 @@ def resume_problems(path: str | Path, stage_id: int, net: Mapping) -> list[str]:
             f"ckpt_path={path} is a stage {ckpt['adafocus_stage']} checkpoint but this run is stage {stage_id}: "
             f"resume it with stage=stage{ckpt['adafocus_stage']}, or start stage {stage_id} from its weights with "
             f"init_from={path} ckpt_path=null")
-    return problems + network_mismatches(ckpt["hyper_parameters"].get("net", {}), net, path, "ckpt_path")
+    theirs = ckpt["hyper_parameters"].get("net", {})
+    problems += network_mismatches(theirs, net, path, "ckpt_path")
+    if bool(theirs.get("skip_policy")) != bool(net.get("skip_policy")):  # init_from may add pi' (Stage II+)
+        plus = bool(theirs.get("skip_policy"))
+        problems.append(f"ckpt_path={path} is {'an AdaFocus+' if plus else 'an AdaFocus'} checkpoint: resume it "
+                        f"with {'plus=on' if plus else 'plus=off'}")
+    return problems
