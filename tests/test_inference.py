@@ -15,6 +15,7 @@ import torch
 from adafocus_pl.data.transforms import normalize_on_device
 from adafocus_pl.evaluation.evaluate import load_checkpoint
 from adafocus_pl.inference.fast import BACKENDS, FastAdaFocus, FastFullFrame, GRUScan, prepare_backbone
+from adafocus_pl.inference.linear import ONEDNN_MAX_ROWS, FastLinear, onednn_linear_available
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.full_frame import FullFrameNet
 
@@ -135,6 +136,58 @@ def test_gru_scan_equals_the_training_cell_step_by_step():
         torch.testing.assert_close(GRUScan(cell)(x), torch.stack(expected, 1), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_scan_without_biases_and_at_every_batch_size_equals_the_cell(bias):
+    torch.manual_seed(1)
+    cell = torch.nn.GRUCell(40, 24, bias=bias)
+    scan = GRUScan(cell)
+    for batch in (1, 2, 5, 17):  # 17: above ONEDNN_MAX_ROWS, the transposed product
+        x = torch.randn(batch, 4, 40)
+        h, expected = None, []
+        for t in range(4):
+            h = cell(x[:, t], h)
+            expected.append(h)
+        with torch.no_grad():
+            torch.testing.assert_close(scan(x), torch.stack(expected, 1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_onednn", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not onednn_linear_available(), reason="this torch build has no oneDNN linear operators"))])
+def test_fast_linear_equals_f_linear_for_any_row_count(use_onednn):
+    torch.manual_seed(2)
+    weight, bias = torch.randn(48, 20), torch.randn(48)
+    for with_bias in (True, False):
+        linear = FastLinear(weight, bias if with_bias else None, use_onednn=use_onednn)
+        assert linear.use_onednn is use_onednn
+        for rows in (1, 3, ONEDNN_MAX_ROWS, ONEDNN_MAX_ROWS + 1, 64, 1):  # 1 twice: the packed weight is reused
+            x = torch.randn(rows, 20)
+            expected = torch.nn.functional.linear(x, weight, bias if with_bias else None)
+            torch.testing.assert_close(linear(x), expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(linear(x.t().contiguous().t()), expected, atol=1e-5, rtol=1e-5)  # strided x
+        assert sorted(linear._packed) == ([1, 3, ONEDNN_MAX_ROWS] if use_onednn else [])
+
+
+def test_glance_chunks_give_the_same_predictions_as_one_call():
+    net = tiny_net()
+    x = frames(batch=3, steps=5)  # 15 frames: chunks of 4, 4, 4, 3
+    calls = []
+    whole = FastAdaFocus(net, glance_chunk=None)(x)
+    engine = FastAdaFocus(net, glance_chunk=4)
+    prepared = engine.glance  # a prepared copy of f_G: count its calls through a wrapper
+    engine.glance = lambda frames_: calls.append(frames_.shape[0]) or prepared(frames_)
+    chunked = engine(x)
+    assert calls == [4, 4, 4, 3]
+    assert torch.equal(chunked["actions"], whole["actions"])
+    torch.testing.assert_close(chunked["logits"], whole["logits"], atol=1e-5, rtol=1e-5)
+    baseline = FullFrameNet(num_classes=5, frame_size=96, glance_backbone="tiny_glance", local_backbone="tiny_local",
+                            glance_kwargs={"widths": [8, 16, 16]}, local_kwargs={"widths": [8, 16, 16, 32]},
+                            classifier_hidden=32, dropout=0.0).eval()
+    torch.testing.assert_close(FastFullFrame(baseline, glance_chunk=2)(x)["logits"],
+                               FastFullFrame(baseline, glance_chunk=None)(x)["logits"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="glance_chunk"):
+        FastAdaFocus(net, glance_chunk=0)
+
+
 def test_prepared_backbone_folds_batchnorm_and_leaves_the_original_alone():
     net = tiny_net()
     prepared = prepare_backbone(net.local, "forward")
@@ -208,6 +261,8 @@ def test_bench_rejects_bad_settings():
 
     with pytest.raises(SystemExit, match="--batch"):
         main(["--batch", "0", "--json", ""])
+    with pytest.raises(SystemExit, match="--glance-chunk"):
+        main(["--glance-chunk", "-1", "--json", ""])
     with pytest.raises(SystemExit):
         main(["--patch-sizes", "big"])
 

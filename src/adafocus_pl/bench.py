@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="warm-up repeats, not measured")
     p.add_argument("--backend", default="eager", choices=("eager", "compile", "script"),
                    help="how the backbones run (adafocus_pl.inference.fast); the same for every contender")
+    p.add_argument("--glance-chunk", type=int, default=0,
+                   help="frames per f_G call, for every contender (default 0: all of a batch's frames in one call)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm separate")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SystemExit(f"--{name} must be at least 1, got {value}")
+    if args.glance_chunk < 0:
+        raise SystemExit(f"--glance-chunk must be 0 (one call) or more, got {args.glance_chunk}")
     if args.warmup < 0:
         raise SystemExit(f"--warmup must be 0 or more, got {args.warmup}")
     if args.threads:
@@ -75,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         frames=args.frames or int(cfg.data.num_segments), batch_size=args.batch, frame_size=int(cfg.data.eval_crop),
         patch_sizes=list(args.patch_sizes), keep_ratio=args.keep_ratio or None, repeats=args.repeats,
         warmup=args.warmup, backend=args.backend, channels_last=args.channels_last, fold_bn=args.fold_bn,
-        device=args.device, seed=args.seed, keep_freed_memory=args.keep_freed_memory)
+        device=args.device, seed=args.seed, glance_chunk=args.glance_chunk or None,
+        keep_freed_memory=args.keep_freed_memory)
     return run_benchmark(cfg.model, settings, json_path=args.json or None)
 
 

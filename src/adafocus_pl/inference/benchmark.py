@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from adafocus_pl.evaluation.flops import component_gflops, full_frame_component_gflops, gflops_per_video
-from adafocus_pl.inference.fast import FastAdaFocus, FastFullFrame
+from adafocus_pl.inference.fast import DEFAULT_GLANCE_CHUNK, FastAdaFocus, FastFullFrame
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.full_frame import FullFrameNet
 
@@ -59,11 +59,13 @@ def _model_kwargs(model_cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
 def build_contenders(model_cfg: Mapping[str, Any] | DictConfig, frame_size: int, num_frames: int,
                      patch_sizes: Sequence[int], keep_ratio: float | None, backend: str = "eager",
                      channels_last: bool = True, fold_bn: bool = True,
-                     device: torch.device | str = "cpu") -> list[Contender]:
+                     device: torch.device | str = "cpu",
+                     glance_chunk: int | None = DEFAULT_GLANCE_CHUNK) -> list[Contender]:
     """The contenders, reference first (see the module docstring)."""
     kwargs = _model_kwargs(model_cfg)
     kwargs["frame_size"] = [frame_size, frame_size]
-    engine_options = dict(backend=backend, channels_last=channels_last, fold_bn=fold_bn, profile=True)
+    engine_options = dict(backend=backend, channels_last=channels_last, fold_bn=fold_bn, profile=True,
+                          glance_chunk=glance_chunk)
     baseline_kwargs = {k: kwargs[k] for k in ("num_classes", "frame_size", "glance_backbone", "local_backbone",
                                               "glance_kwargs", "local_kwargs", "classifier", "classifier_hidden")}
     contenders = []
@@ -165,6 +167,7 @@ class BenchSettings:
     fold_bn: bool
     device: str
     seed: int = 0
+    glance_chunk: int | None = DEFAULT_GLANCE_CHUNK  # frames per f_G call (None: all of a batch's frames at once)
     keep_freed_memory: bool = False  # glibc malloc tuned by the caller (adafocus_pl.inference.allocator)
 
 
@@ -190,7 +193,7 @@ def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSett
     device = torch.device(settings.device)
     contenders = build_contenders(model_cfg, settings.frame_size, settings.frames, settings.patch_sizes,
                                   settings.keep_ratio, settings.backend, settings.channels_last, settings.fold_bn,
-                                  device)
+                                  device, settings.glance_chunk)
     generator = torch.Generator().manual_seed(settings.seed)
     shape = (settings.frames, 3, settings.frame_size, settings.frame_size)
     inputs = {"latency": torch.randn(1, *shape, generator=generator).to(device),
@@ -200,7 +203,8 @@ def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSett
     result = {"settings": asdict(settings), "machine": machine_info(device), "rows": rows}
     title = (f"{settings.frames} frames of {settings.frame_size}x{settings.frame_size}; latency = 1 video, "
              f"throughput = {settings.batch_size} videos; median of {settings.repeats} (after {settings.warmup} "
-             f"warm-up); backend {settings.backend}, {result['machine']['threads']} threads, {device}"
+             f"warm-up); backend {settings.backend}, {result['machine']['threads']} threads, {device}, f_G in chunks "
+             f"of {settings.glance_chunk or 'all'} frames"
              f"{', freed memory kept' if settings.keep_freed_memory else ''}")
     print(markdown(rows, title), end="")
     if json_path is not None:

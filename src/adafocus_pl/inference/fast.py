@@ -3,9 +3,11 @@
 :class:`FastAdaFocus` wraps a trained :class:`~adafocus_pl.models.adafocus.AdaFocusNet` and, for a batch of
 videos ``[B, T, 3, H, W]``:
 
-1. runs f_G over all B*T frames in one batch (Eq. 1);
+1. runs f_G over all B*T frames in one batch (Eq. 1), or in chunks of ``glance_chunk`` frames
+   (see :data:`DEFAULT_GLANCE_CHUNK`);
 2. runs pi's conv/linear over all B*T glance maps at once and only its GRU step by step (Eq. 3): the input
-   projections of all steps in one matrix product (:class:`GRUScan`, the weights of the training ``nn.GRUCell``);
+   projections of all steps in one matrix product (:class:`GRUScan`, the weights of the training ``nn.GRUCell``;
+   its few-row products through :class:`~adafocus_pl.inference.linear.FastLinear`);
 3. for AdaFocus+, runs pi' the same way and keeps the frames with p_t^B >= rho (Sec. 3.3);
 4. cuts every kept frame's patch in one batched gather;
 5. runs f_L over all kept patches in one batch (Eq. 2): skipped frames are never cropped nor computed;
@@ -13,9 +15,10 @@ videos ``[B, T, 3, H, W]``:
 
 Everything runs under ``torch.inference_mode``; the backbones are copies prepared once: BatchNorm folded into
 the preceding convolution (``torch.fx`` fusion), channels-last memory format, and one of three backends:
-``eager`` (default), ``compile`` (``torch.compile`` with Inductor's weight freezing) or ``script`` (TorchScript
-trace + freeze + ``optimize_for_inference``; PyTorch deprecates TorchScript, but on a small CPU it is the
-fastest for MobileNetV2's depthwise convolutions, see ``make bench``).
+``eager`` (default), ``compile`` (``torch.compile`` with Inductor's weight freezing; compiling every contender's
+networks added about a minute to ``make bench`` on 2 cores) or ``script`` (TorchScript trace + freeze + ``optimize_for_inference``, which
+PyTorch deprecates). On the 2-core CPU, ms per frame, eager / script / compile: MobileNetV2 at 224x224 (16 frames)
+6.0 / 5.3 / 5.1; ResNet-50 at 128x128 (64 patches) 16.0 / 16.9 / 15.0, at 224x224 49.8 / 49.0 / 45.8.
 
 :class:`FastFullFrame` is the same path for the full-frame baselines (:class:`~adafocus_pl.models.full_frame.
 FullFrameNet`), so the benchmark compares like with like.
@@ -38,6 +41,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from adafocus_pl.inference.linear import FastLinear
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.classifier import RecurrentClassifier
 from adafocus_pl.models.full_frame import FullFrameNet
@@ -48,6 +52,11 @@ from adafocus_pl.models.skipping import check_keep_ratio, keep_mask
 log = logging.getLogger(__name__)
 
 BACKENDS = ("eager", "compile", "script")
+# Frames per f_G call; None: all of a batch's frames in one call. On the 2-core CPU MobileNetV2 at 224x224 took
+# 6.0 ms per frame in chunks of 16 against 6.6 ms in one call of 64 when timed alone, but inside `make bench` the
+# gain was 3% of f_G's time (about 1% of a batch's), so one call stays the default. ResNet-50 (f_L) is fastest in
+# one call and is never chunked.
+DEFAULT_GLANCE_CHUNK: int | None = None
 
 
 # ------------------------------------------------------------------------------------------- backbone preparation
@@ -118,30 +127,34 @@ def prepare_backbone(backbone: nn.Module, method: str = "forward", backend: str 
 class GRUScan:
     """An ``nn.GRUCell`` run over a whole sequence ``[B, T, F] -> states [B, T, H]`` (h_0 = 0), same maths as the
     cell (gates r, z, n; PyTorch's GRU equations): the input projections of all B*T steps in one matrix product,
-    then per step only the hidden projection (one ``addmm`` on a pre-transposed weight) and the gate arithmetic.
-    Measured on the 2-core CPU (f_C of the paper, 16 steps): 14.5 ms at batch 1 and 36 ms at batch 4, against
-    15.7 / 57 ms for ``nn.GRU`` with the same weights and 46 / 138 ms for a loop over the cell."""
+    then per step only the hidden projection and five fused gate operations. Both products go through
+    :class:`~adafocus_pl.inference.linear.FastLinear`; the hidden biases of r and z are folded into the input
+    projection's (they are only ever summed), b_hn stays inside ``r * (W_hn h + b_hn)``.
+    Measured on the 2-core CPU (f_C of the paper, 16 steps): 7.1 ms at batch 1 and 17 ms at batch 4, against
+    11.9 / 29 ms on the same day for the same scan with ``F.linear`` products and unfused gates; on an earlier day
+    ``nn.GRU`` with the same weights took 15.7 / 57 ms and a Python loop over the cell 46 / 138 ms."""
 
     def __init__(self, cell: nn.GRUCell):
-        self.hidden = cell.hidden_size
-        self.weight_ih = cell.weight_ih.detach()
-        self.bias_ih = None if cell.bias_ih is None else cell.bias_ih.detach()
-        self.weight_hh_t = cell.weight_hh.detach().t().contiguous()  # [H, 3H]
-        self.bias_hh = (cell.bias_hh.detach() if cell.bias_hh is not None
-                        else cell.weight_hh.new_zeros(3 * self.hidden))
+        self.hidden = hidden = cell.hidden_size
+        weight_ih, weight_hh = cell.weight_ih.detach(), cell.weight_hh.detach()
+        zeros = weight_hh.new_zeros(3 * hidden)
+        bias_ih = zeros if cell.bias_ih is None else cell.bias_ih.detach()
+        bias_hh = zeros if cell.bias_hh is None else cell.bias_hh.detach()
+        split = 2 * hidden
+        self.input = FastLinear(weight_ih, torch.cat([bias_ih[:split] + bias_hh[:split], bias_ih[split:]]))
+        self.recurrent = FastLinear(weight_hh, torch.cat([zeros[:split], bias_hh[split:]]))
 
     def __call__(self, x: Tensor) -> Tensor:
-        input_gates = torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)  # [B, T, 3H]
-        h = x.new_zeros(x.shape[0], self.hidden)
+        batch, steps, hidden = x.shape[0], x.shape[1], self.hidden
+        input_gates = self.input(x.flatten(0, 1)).unflatten(0, (batch, steps))  # [B, T, 3H]
+        h = x.new_zeros(batch, hidden)
         states = []
-        for t in range(x.shape[1]):
-            hidden_gates = torch.addmm(self.bias_hh, h, self.weight_hh_t)
-            i_r, i_z, i_n = input_gates[:, t].chunk(3, dim=1)
-            h_r, h_z, h_n = hidden_gates.chunk(3, dim=1)
-            reset = torch.sigmoid(i_r + h_r)
-            update = torch.sigmoid(i_z + h_z)
-            new = torch.tanh(i_n + reset * h_n)
-            h = new + update * (h - new)  # (1 - z) * n + z * h
+        for t in range(steps):
+            from_input, from_hidden = input_gates[:, t], self.recurrent(h)
+            reset_update = torch.sigmoid(from_input[:, :2 * hidden] + from_hidden[:, :2 * hidden])
+            reset, update = reset_update[:, :hidden], reset_update[:, hidden:]
+            new = torch.tanh(torch.addcmul(from_input[:, 2 * hidden:], reset, from_hidden[:, 2 * hidden:]))
+            h = torch.lerp(new, h, update).contiguous()  # (1 - z) * n + z * h; row-major for the next product
             states.append(h)
         return torch.stack(states, dim=1)
 
@@ -175,9 +188,13 @@ class _ClassifierScan:
 class _Engine:
     """Shared set-up: eval mode, prepared backbones, the memory format, optional timing of f_G and f_L."""
 
-    def __init__(self, net: nn.Module, backend: str, channels_last: bool, fold_bn: bool, profile: bool):
+    def __init__(self, net: nn.Module, backend: str, channels_last: bool, fold_bn: bool, profile: bool,
+                 glance_chunk: int | None):
+        if glance_chunk is not None and int(glance_chunk) < 1:
+            raise ValueError(f"glance_chunk must be a number of frames >= 1 or None (all at once), got {glance_chunk}")
         self.net = net.eval()
         self.backend, self.profile = backend, profile
+        self.chunks = {"glance": None if glance_chunk is None else int(glance_chunk)}
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._options = dict(backend=backend, channels_last=channels_last, fold_bn=fold_bn)
         self.timings: dict[str, float] = defaultdict(float)
@@ -189,15 +206,21 @@ class _Engine:
         self.timings = defaultdict(float)
 
     def _run(self, name: str, backbone: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """``backbone(x)`` with ``x`` in the engine's memory format (the conversion counts as the backbone's time)."""
+        """``backbone(x)`` with ``x`` in the engine's memory format (the conversion counts as the backbone's time),
+        in chunks of ``self.chunks[name]`` frames when that is set."""
         if not self.profile:
-            return backbone(x.contiguous(memory_format=self.memory_format))
+            return self._chunked(backbone, x, self.chunks.get(name))
         _synchronize(x.device)
         start = time.perf_counter()
-        out = backbone(x.contiguous(memory_format=self.memory_format))
+        out = self._chunked(backbone, x, self.chunks.get(name))
         _synchronize(x.device)
         self.timings[name] += time.perf_counter() - start
         return out
+
+    def _chunked(self, backbone: Callable[[Tensor], Tensor], x: Tensor, chunk: int | None) -> Tensor:
+        if chunk is None or x.shape[0] <= chunk:
+            return backbone(x.contiguous(memory_format=self.memory_format))
+        return torch.cat([backbone(part.contiguous(memory_format=self.memory_format)) for part in x.split(chunk)])
 
 
 def _synchronize(device: torch.device) -> None:
@@ -217,7 +240,8 @@ class FastAdaFocus(_Engine):
 
     def __init__(self, net: AdaFocusNet, backend: str = "eager", channels_last: bool = True, fold_bn: bool = True,
                  keep_threshold: float | None = None, keep_ratio: float | None = None, profile: bool = False,
-                 patch_policy: str = "learned", generator: torch.Generator | None = None):
+                 patch_policy: str = "learned", generator: torch.Generator | None = None,
+                 glance_chunk: int | None = DEFAULT_GLANCE_CHUNK):
         if patch_policy not in ("learned", *FIXED_POLICIES):
             raise ValueError(f"patch_policy must be 'learned' or one of {FIXED_POLICIES}, got {patch_policy!r}")
         if not isinstance(net, AdaFocusNet):
@@ -227,7 +251,7 @@ class FastAdaFocus(_Engine):
             raise ValueError("keep_threshold/keep_ratio need AdaFocus+'s skip policy pi' (model.skip_policy=true)")
         if keep_threshold is not None and keep_ratio is not None:
             raise ValueError("give keep_threshold (rho) or keep_ratio (eta), not both")
-        super().__init__(net, backend, channels_last, fold_bn, profile)
+        super().__init__(net, backend, channels_last, fold_bn, profile, glance_chunk)
         self.keep_threshold = None if keep_threshold is None else float(keep_threshold)
         self.keep_ratio = None if keep_ratio is None else check_keep_ratio(keep_ratio)
         self.patch_policy, self.generator = patch_policy, generator
@@ -273,8 +297,8 @@ class FastFullFrame(_Engine):
     then f_C."""
 
     def __init__(self, net: FullFrameNet, backend: str = "eager", channels_last: bool = True, fold_bn: bool = True,
-                 profile: bool = False):
-        super().__init__(net, backend, channels_last, fold_bn, profile)
+                 profile: bool = False, glance_chunk: int | None = DEFAULT_GLANCE_CHUNK):
+        super().__init__(net, backend, channels_last, fold_bn, profile, glance_chunk)
         self.glance = None if net.glance is None else self._prepare(net.glance, "forward")
         self.local = self._prepare(net.local, "forward")
         self.classifier = _ClassifierScan(net.classifier)
