@@ -359,3 +359,13 @@ def test_predict_errors_are_clear(plus_chain, tmp_path):
     broken.write_bytes(b"not a video at all")
     with pytest.raises(RuntimeError, match="broken.mp4"):
         main([str(broken), f"ckpt_path={ckpt}", f"predict.out_dir={tmp_path}"])
+
+
+def test_a_cuda_device_without_a_gpu_is_an_error_naming_the_key(monkeypatch):
+    from adafocus_pl.utils.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"predict\.device=cuda but no CUDA .* use predict\.device=cpu or auto"):
+        resolve_device("cuda", "predict.device")
+    assert resolve_device("auto", "eval.device") == torch.device("cpu")
+    assert resolve_device("cpu", "eval.device") == torch.device("cpu")

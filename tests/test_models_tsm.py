@@ -84,6 +84,23 @@ def test_one_patch_location_per_video_after_reading_every_glance_frame():
     assert torch.allclose(out["logits"][:, 0], net.classifier.fc(pairs).mean((1, 2)), atol=1e-5)
 
 
+def test_given_patches_reproduce_the_learned_ones_with_one_location_per_video():
+    net = tiny_tsm()
+    frames, focus = torch.randn(2, 4, 3, 96, 96), torch.randn(2, 6, 3, 96, 96)
+    with torch.no_grad():
+        learned = net(frames, focus_frames=focus)
+        by_actions = net(frames, patch_policy="given", actions=learned["actions"], focus_frames=focus)
+        by_offsets = net(frames, patch_policy="given", offsets=learned["offsets"], focus_frames=focus)  # [B, T_L, 2]
+    for given in (by_actions, by_offsets):
+        assert torch.equal(given["offsets"], learned["offsets"]) and given["policy_logits"] is None
+        torch.testing.assert_close(given["logits"], learned["logits"])
+    assert by_actions["actions"] is learned["actions"] and by_offsets["actions"] is None
+    with pytest.raises(ValueError, match="exactly one of actions"):
+        net(frames, patch_policy="given", focus_frames=focus)
+    fixed = net(frames, patch_policy="centre", focus_frames=focus)
+    assert fixed["actions"] is None and (fixed["offsets"] == 32).all()  # (96 - 32) / 2
+
+
 def test_gaussian_location_policy_of_the_release():
     net = tiny_tsm(location_policy="gaussian")
     frames, focus = torch.randn(3, 4, 3, 96, 96), torch.randn(3, 6, 3, 96, 96)

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from adafocus_pl.utils.config import compose
+from adafocus_pl.utils.device import resolve_device
 
 USAGE = __doc__
 
@@ -24,14 +24,6 @@ def default_out_dir(ckpt_path: Path) -> Path:
     """``<run dir>/eval`` for ``<run dir>/checkpoints/x.ckpt``, else ``eval`` beside the checkpoint."""
     parent = ckpt_path.resolve().parent
     return (parent.parent if parent.name == "checkpoints" else parent) / "eval"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"eval.device={name} but no CUDA device is visible: use eval.device=cpu or auto")
-    return torch.device(name)
 
 
 def log_to_wandb(cfg: DictConfig, result: dict[str, Any], paths: dict[str, Path], out_dir: Path) -> None:
@@ -83,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metric = "mAP" if str(cfg.monitor).endswith("mAP") else "top1"
     result = evaluate_checkpoint(ckpt, datamodule, split=cfg.eval.split, threshold_split=cfg.eval.threshold_split,
                                  fixed_policies=list(cfg.eval.fixed_policies), keep_ratios=list(cfg.eval.keep_ratios),
-                                 device=resolve_device(cfg.eval.device), seed=cfg.seed)
+                                 device=resolve_device(cfg.eval.device, "eval.device"), seed=cfg.seed)
     result.update({"checkpoint": str(cfg.ckpt_path), "stage": ckpt.stage, "split": cfg.eval.split,
                    "experiment": cfg.experiment_name, "frames_per_video": cfg.data.num_segments})
     title = f"{cfg.experiment_name} P={ckpt.net.patch_size} stage {ckpt.stage}, {cfg.eval.split} split"

@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if not videos or not ckpt_arg:
         raise SystemExit(USAGE.splitlines()[0] + " (see --help)")
 
-    from adafocus_pl.eval import resolve_device
     from adafocus_pl.evaluation.evaluate import load_checkpoint
     from adafocus_pl.inference.predict import Predictor, format_prediction, run_dir_of, saved_overrides
+    from adafocus_pl.utils.device import resolve_device
 
     ckpt_path = Path(ckpt_arg)
     ckpt = load_checkpoint(ckpt_path)
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                          f"{cfg.data.num_classes}: pass the data overrides the checkpoint was trained with")
     options = cfg.predict
     predictor = Predictor(ckpt, cfg.data, top_k=options.top_k, backend=options.backend,
-                          device=resolve_device(options.device), keep_threshold=options.keep_threshold,
+                          device=resolve_device(options.device, "predict.device"),
+                          keep_threshold=options.keep_threshold,
                           seed=options.seed)
     out_dir = Path(options.out_dir) if options.out_dir else run_dir_of(ckpt_path) / "predict"
     results = []

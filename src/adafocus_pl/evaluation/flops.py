@@ -181,13 +181,19 @@ def cached_component_gflops(net: AdaFocusNet) -> dict[str, float]:
     return dict(_CACHE[key])
 
 
-def flops_network(model_cfg: Mapping[str, Any], frame_hw: tuple[int, int] | int | None = None):
-    """The network a ``model`` config describes (at frames of ``frame_hw`` when given), with random weights: the
-    count needs no checkpoint, so ``*_pretrained`` are dropped (nothing is read or downloaded)."""
+def random_weight_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``model`` config (DictConfig or mapping) as a plain dict with ``*_pretrained`` set to None: networks built
+    from it to count FLOPs or to time have random weights, so nothing is read or downloaded."""
     from omegaconf import DictConfig, OmegaConf
 
-    kwargs = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    kwargs.update(glance_pretrained=None, local_pretrained=None)
+    plain = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+    return {**plain, "glance_pretrained": None, "local_pretrained": None}
+
+
+def flops_network(model_cfg: Mapping[str, Any], frame_hw: tuple[int, int] | int | None = None):
+    """The network a ``model`` config describes (at frames of ``frame_hw`` when given), with random weights (the
+    count needs no checkpoint)."""
+    kwargs = random_weight_config(model_cfg)
     if frame_hw is not None:
         kwargs["frame_size"] = [frame_hw, frame_hw] if isinstance(frame_hw, int) else list(frame_hw)
     return build_network(kwargs)
@@ -199,10 +205,7 @@ _CONFIG_CACHE: dict[str, dict[str, float]] = {}
 def model_component_gflops(model_cfg: Mapping, frame_hw: tuple[int, int]) -> dict[str, float]:
     """:func:`component_gflops` of the network a ``model`` config describes, at frames of ``frame_hw``
     (cached by config)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    plain = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    plain = {k: v for k, v in plain.items() if k not in ("glance_pretrained", "local_pretrained")}
+    plain = random_weight_config(model_cfg)
     key = json.dumps([plain, list(frame_hw) if not isinstance(frame_hw, int) else frame_hw], sort_keys=True,
                      default=str)
     if key not in _CONFIG_CACHE:

@@ -26,10 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from adafocus_pl.evaluation.flops import component_gflops, full_frame_component_gflops, gflops_per_video
+from adafocus_pl.evaluation.flops import (
+    component_gflops,
+    full_frame_component_gflops,
+    gflops_per_video,
+    random_weight_config,
+)
 from adafocus_pl.inference.fast import DEFAULT_GLANCE_CHUNK, FastAdaFocus, FastFullFrame
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.full_frame import FullFrameNet
@@ -48,11 +53,11 @@ class Contender:
 
 
 def _model_kwargs(model_cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
-    plain = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+    """AdaFocusNet's constructor arguments, random weights (speed does not depend on them)."""
+    plain = random_weight_config(model_cfg)
     architecture = plain.pop("architecture", "adafocus")
     if architecture != "adafocus":
         raise ValueError(f"the benchmark runs AdaFocus (model.architecture=adafocus), got {architecture!r}")
-    plain.update(glance_pretrained=None, local_pretrained=None)  # random weights: nothing is read or downloaded
     return plain
 
 

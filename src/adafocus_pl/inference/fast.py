@@ -306,8 +306,7 @@ class FastFullFrame(_Engine):
     @torch.inference_mode()
     def __call__(self, frames: Tensor) -> dict[str, Tensor | None]:
         """``frames [B, T, 3, H, W]`` -> ``{"logits": [B, T, K]}``."""
-        batch_steps = frames.shape[:2]
-        flat = frames.flatten(0, 1)
-        glance = None if self.glance is None else self._run("glance", self.glance, flat).unflatten(0, batch_steps)
-        local = self._run("local", self.local, flat).unflatten(0, batch_steps)
+        glance, local = self.net.features(
+            frames, glance=None if self.glance is None else partial(self._run, "glance", self.glance),
+            local=partial(self._run, "local", self.local))
         return {"logits": self.classifier(self.net.classifier_inputs(glance, local))}

@@ -8,6 +8,7 @@ Fig. 4): a second recurrent policy pi' decides per frame whether f_L runs at all
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from adafocus_pl.models.patches import (
     frame_pair,
     grid_offsets,
 )
-from adafocus_pl.models.policy import PatchPolicy, categorical_actions
+from adafocus_pl.models.policy import PatchPolicy, categorical_actions, choose_patches
 from adafocus_pl.models.registry import create_backbone
 from adafocus_pl.models.skipping import keep_mask
 
@@ -282,24 +283,15 @@ class AdaFocusNet(nn.Module):
         glance_maps = self.glance_maps(frames)
         glance_features = glance_maps.mean(dim=(-2, -1))
 
-        policy_logits = values = None
         if patch_policy == "none":
             local_features = glance_features.new_zeros(batch, steps, self.local.num_features)
             return {"logits": self.classify(glance_features, local_features), "actions": None, "offsets": None,
                     "policy_logits": None, "values": None, "glance_features": glance_features,
                     "local_features": local_features, "keep": None, "skip_logits": None, "skip_values": None}
-        if patch_policy == "learned":
-            policy_logits, values = self.policy_rollout(glance_maps)
-            actions = self.select_actions(policy_logits, sample=sample, generator=generator)
-            offsets = self.actions_to_offsets(actions)
-        elif patch_policy == "given":
-            if (actions is None) == (offsets is None):
-                raise ValueError('patch_policy="given" needs exactly one of actions [B, T] or offsets [B, T, 2]')
-            if actions is not None:
-                offsets = self.actions_to_offsets(actions.to(self.grid.device))
-        else:
-            actions = None
-            offsets = self.fixed_offsets(patch_policy, batch, steps, frames.device, generator)
+        actions, offsets, policy_logits, values = choose_patches(
+            self, patch_policy, glance_maps, partial(self.fixed_offsets, patch_policy, batch, steps, frames.device,
+                                                     generator),
+            actions=actions, offsets=offsets, sample=sample, generator=generator)
 
         skip_logits = skip_values = None
         if self.skip_policy is not None:

@@ -18,6 +18,7 @@ Outputs follow :class:`AdaFocusNet`'s dict with one step: ``logits [B, 1, K]``; 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from adafocus_pl.models.patches import (
     frame_pair,
     grid_offsets,
 )
-from adafocus_pl.models.policy import PatchPolicy, categorical_actions
+from adafocus_pl.models.policy import PatchPolicy, categorical_actions, choose_patches
 from adafocus_pl.models.registry import create_backbone
 
 LOCATION_POLICIES = ("categorical", "gaussian", "full")
@@ -263,19 +264,13 @@ class AdaFocusTSMNet(nn.Module):
         elif patch_policy == "none":
             local = glance_features.new_zeros(batch, self.focus_frames, self.local.num_features)
             return self._output(self.classify(glance_features, local), None, None, None, None, glance_features, local)
-        elif patch_policy == "learned":
-            policy_logits, values = self.policy_rollout(glance_maps)
-            actions = self.select_actions(policy_logits, sample=sample, generator=generator)
-            offsets = self.actions_to_offsets(actions)
-        elif patch_policy == "given":
-            if (actions is None) == (offsets is None):
-                raise ValueError('patch_policy="given" needs exactly one of actions or offsets [B, 1, 2]')
-            if actions is not None:
-                offsets = self.actions_to_offsets(actions.to(self.grid.device))
-            offsets = offsets.reshape(batch, -1, 2)[:, :1]
         else:
-            actions = None
-            offsets = self.fixed_offsets(patch_policy, batch, device=frames.device, generator=generator)
+            actions, offsets, policy_logits, values = choose_patches(
+                self, patch_policy, glance_maps,
+                partial(self.fixed_offsets, patch_policy, batch, device=frames.device, generator=generator),
+                actions=actions, offsets=offsets, sample=sample, generator=generator)
+            if patch_policy == "given":  # one location per video: [B, 1, 2]
+                offsets = offsets.reshape(batch, -1, 2)[:, :1]
         local = self.local_features(focus, offsets)
         clip_offsets = None if offsets is None else offsets.expand(batch, self.focus_frames, 2)
         return self._output(self.classify(glance_features, local), actions, clip_offsets, policy_logits, values,

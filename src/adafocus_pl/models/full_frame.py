@@ -10,7 +10,7 @@ f_C is the same classifier as AdaFocus's (Eq. 4), so the only difference in cost
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -52,13 +52,20 @@ class FullFrameNet(nn.Module):
         """``[e_G-bar, e_L-bar]`` or e_L-bar alone (no f_G)."""
         return local_features if glance_features is None else torch.cat([glance_features, local_features], dim=-1)
 
-    def forward(self, frames: Tensor) -> dict[str, Tensor | None]:
-        """``frames [B, T, 3, H, W]`` -> ``{"logits": [B, T, K], "glance_features", "local_features"}``."""
+    def features(self, frames: Tensor, glance: Callable[[Tensor], Tensor] | None = None,
+                 local: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
+        """e_G-bar (None without f_G) and e_L-bar ``[B, T, F]`` of ``frames [B, T, 3, H, W]``, each backbone over
+        all B*T frames in one batch. ``glance`` / ``local`` run instead of the network's backbones (the fast
+        inference path's prepared copies)."""
         if frames.dim() != 5 or tuple(frames.shape[-2:]) != self.frame_hw:
             raise ValueError(f"expected frames [B, T, 3, {self.frame_hw[0]}, {self.frame_hw[1]}], "
                              f"got {list(frames.shape)}")
         flat, batch_steps = frames.flatten(0, 1), frames.shape[:2]
-        glance = None if self.glance is None else self.glance(flat).unflatten(0, batch_steps)
-        local = self.local(flat).unflatten(0, batch_steps)
+        glance_features = None if self.glance is None else (glance or self.glance)(flat).unflatten(0, batch_steps)
+        return glance_features, (local or self.local)(flat).unflatten(0, batch_steps)
+
+    def forward(self, frames: Tensor) -> dict[str, Tensor | None]:
+        """``frames [B, T, 3, H, W]`` -> ``{"logits": [B, T, K], "glance_features", "local_features"}``."""
+        glance, local = self.features(frames)
         return {"logits": self.classifier(self.classifier_inputs(glance, local)), "glance_features": glance,
                 "local_features": local}

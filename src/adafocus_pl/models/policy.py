@@ -5,7 +5,7 @@ The same module with ``num_actions=1`` gives a Bernoulli logit, i.e. AdaFocus+'s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -84,3 +84,27 @@ def categorical_actions(logits: Tensor, sample: bool = False, generator: torch.G
     probs = torch.softmax(logits.detach().float(), dim=-1)
     draws = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
     return draws.reshape(probs.shape[:-1])
+
+
+def choose_patches(net: nn.Module, patch_policy: str, glance_maps: Tensor | None,
+                   fixed_offsets: Callable[[], Tensor], actions: Tensor | None = None, offsets: Tensor | None = None,
+                   sample: bool = False, generator: torch.Generator | None = None,
+                   ) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor | None]:
+    """Where f_L looks, for the networks' ``patch_policy`` argument: ``(actions, offsets, policy_logits, values)``.
+
+    "learned": pi's rollout over ``glance_maps`` (``net.policy_rollout``), then its argmax or a draw (``sample``);
+    "given": exactly one of ``actions`` (grid indices) or raw ``offsets``; any other name: ``fixed_offsets()``
+    (random, Eq. 5; centre or gaussian, Table 5). ``net`` provides ``policy_rollout``, ``select_actions``,
+    ``actions_to_offsets`` and ``grid``; offsets keep the caller's layout.
+    """
+    if patch_policy == "learned":
+        policy_logits, values = net.policy_rollout(glance_maps)
+        actions = net.select_actions(policy_logits, sample=sample, generator=generator)
+        return actions, net.actions_to_offsets(actions), policy_logits, values
+    if patch_policy == "given":
+        if (actions is None) == (offsets is None):
+            raise ValueError('patch_policy="given" needs exactly one of actions (grid indices) or offsets (y, x)')
+        if actions is not None:
+            offsets = net.actions_to_offsets(actions.to(net.grid.device))
+        return actions, offsets, None, None
+    return None, fixed_offsets(), None, None
