@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
                    help="frames per f_G call, for every contender (default 0: all of a batch's frames in one call)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm separate")
+    p.add_argument("--no-fuse-activations", dest="fuse_activations", action="store_false",
+                   help="keep ReLU/ReLU6 apart from the convolutions (adafocus_pl.inference.fusion; eager backend)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
                    help="leave glibc malloc as it is (adafocus_pl.inference.allocator: large blocks page-fault again "
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         frames=args.frames or int(cfg.data.num_segments), batch_size=args.batch, frame_size=int(cfg.data.eval_crop),
         patch_sizes=list(args.patch_sizes), keep_ratio=args.keep_ratio or None, repeats=args.repeats,
         warmup=args.warmup, backend=args.backend, channels_last=args.channels_last, fold_bn=args.fold_bn,
-        device=args.device, seed=args.seed, glance_chunk=args.glance_chunk or None,
+        device=args.device, seed=args.seed, fuse_activations=args.fuse_activations,
+        glance_chunk=args.glance_chunk or None,
         keep_freed_memory=args.keep_freed_memory)
     return run_benchmark(cfg.model, settings, json_path=args.json or None)
 

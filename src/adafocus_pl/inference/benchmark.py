@@ -8,9 +8,12 @@ the fast path of :mod:`adafocus_pl.inference.fast` with the same backend and mem
 - AdaFocus+ at P = ``model.patch_size`` with a kept fraction eta (exactly eta of each call's frames run f_L).
 
 Two measurements: latency (one video of T frames) and throughput (a batch of videos). The contenders alternate
-within every repeat (the starting one rotates), so drifts in the machine's speed hit all of them alike; warm-up
-repeats are dropped and the median of the rest is reported. The FLOPs ratio is the reference's GFLOPs per video
-over the contender's (fvcore, :mod:`adafocus_pl.evaluation.flops`); "efficiency" is the speed-up divided by it.
+within every repeat (the starting one rotates), and warm-up repeats are dropped. Times are the medians over the
+repeats; a speed-up is the median over the repeats of the reference's time divided by the contender's *in the same
+repeat*, so that drifts in the machine's speed, which hit both alike, cancel. (On the 2-core CPU one contender's
+times ranged over 1.42-1.68 s within a run; the quotient of the two median times then said 0.88 where the paired
+speed-ups said 0.92.) The FLOPs ratio is the reference's GFLOPs per video over the contender's (fvcore,
+:mod:`adafocus_pl.evaluation.flops`); "efficiency" is the speed-up divided by it.
 "outside CNNs" is the share of a call's time spent outside f_G and f_L (policies, crop, f_C, Python).
 """
 
@@ -63,14 +66,14 @@ def _model_kwargs(model_cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
 
 def build_contenders(model_cfg: Mapping[str, Any] | DictConfig, frame_size: int, num_frames: int,
                      patch_sizes: Sequence[int], keep_ratio: float | None, backend: str = "eager",
-                     channels_last: bool = True, fold_bn: bool = True,
+                     channels_last: bool = True, fold_bn: bool = True, fuse_activations: bool = True,
                      device: torch.device | str = "cpu",
                      glance_chunk: int | None = DEFAULT_GLANCE_CHUNK) -> list[Contender]:
     """The contenders, reference first (see the module docstring)."""
     kwargs = _model_kwargs(model_cfg)
     kwargs["frame_size"] = [frame_size, frame_size]
-    engine_options = dict(backend=backend, channels_last=channels_last, fold_bn=fold_bn, profile=True,
-                          glance_chunk=glance_chunk)
+    engine_options = dict(backend=backend, channels_last=channels_last, fold_bn=fold_bn,
+                          fuse_activations=fuse_activations, profile=True, glance_chunk=glance_chunk)
     baseline_kwargs = {k: kwargs[k] for k in ("num_classes", "frame_size", "glance_backbone", "local_backbone",
                                               "glance_kwargs", "local_kwargs", "classifier", "classifier_hidden")}
     contenders = []
@@ -113,15 +116,14 @@ def measure(contenders: list[Contender], inputs: Mapping[str, torch.Tensor], rep
 
 
 def summarise(contenders: list[Contender], batch_size: int) -> list[dict[str, Any]]:
-    """One row per contender: medians, speed-ups over the first contender, FLOPs ratio and efficiency."""
+    """One row per contender: median times, paired speed-ups over the first contender, FLOPs ratio, efficiency."""
     reference = contenders[0]
-    ref_latency = statistics.median(reference.times["latency"])
-    ref_batch = statistics.median(reference.times["throughput"])
     rows = []
     for c in contenders:
         latency, batch = statistics.median(c.times["latency"]), statistics.median(c.times["throughput"])
         flops_ratio = reference.gflops_per_video / c.gflops_per_video
-        speedup_latency, speedup_throughput = ref_latency / latency, ref_batch / batch
+        speedup_latency = _paired_speedup(reference.times["latency"], c.times["latency"])
+        speedup_throughput = _paired_speedup(reference.times["throughput"], c.times["throughput"])
         rows.append({
             "method": c.name, "patch_size": c.patch_size, "keep_ratio": c.keep_ratio,
             "gflops_per_video": c.gflops_per_video, "flops_ratio": flops_ratio,
@@ -135,6 +137,11 @@ def summarise(contenders: list[Contender], batch_size: int) -> list[dict[str, An
             "latency_parts_s": _median_parts(c.parts["latency"]), "batch_parts_s": _median_parts(c.parts["throughput"]),
         })
     return rows
+
+
+def _paired_speedup(reference_runs: list[float], runs: list[float]) -> float:
+    """Median over repeats of reference time / contender time, both from the same repeat."""
+    return statistics.median(ref / own for ref, own in zip(reference_runs, runs, strict=True))
 
 
 def _median_parts(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -172,6 +179,7 @@ class BenchSettings:
     fold_bn: bool
     device: str
     seed: int = 0
+    fuse_activations: bool = True
     glance_chunk: int | None = DEFAULT_GLANCE_CHUNK  # frames per f_G call (None: all of a batch's frames at once)
     keep_freed_memory: bool = False  # glibc malloc tuned by the caller (adafocus_pl.inference.allocator)
 
@@ -198,7 +206,7 @@ def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSett
     device = torch.device(settings.device)
     contenders = build_contenders(model_cfg, settings.frame_size, settings.frames, settings.patch_sizes,
                                   settings.keep_ratio, settings.backend, settings.channels_last, settings.fold_bn,
-                                  device, settings.glance_chunk)
+                                  settings.fuse_activations, device, settings.glance_chunk)
     generator = torch.Generator().manual_seed(settings.seed)
     shape = (settings.frames, 3, settings.frame_size, settings.frame_size)
     inputs = {"latency": torch.randn(1, *shape, generator=generator).to(device),
@@ -206,10 +214,10 @@ def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSett
     measure(contenders, inputs, settings.repeats, settings.warmup, progress=progress)
     rows = summarise(contenders, settings.batch_size)
     result = {"settings": asdict(settings), "machine": machine_info(device), "rows": rows}
+    glance_calls = f"f_G in chunks of {settings.glance_chunk} frames" if settings.glance_chunk else "f_G in one call"
     title = (f"{settings.frames} frames of {settings.frame_size}x{settings.frame_size}; latency = 1 video, "
              f"throughput = {settings.batch_size} videos; median of {settings.repeats} (after {settings.warmup} "
-             f"warm-up); backend {settings.backend}, {result['machine']['threads']} threads, {device}, f_G in chunks "
-             f"of {settings.glance_chunk or 'all'} frames"
+             f"warm-up); backend {settings.backend}, {result['machine']['threads']} threads, {device}, {glance_calls}"
              f"{', freed memory kept' if settings.keep_freed_memory else ''}")
     print(markdown(rows, title), end="")
     if json_path is not None:

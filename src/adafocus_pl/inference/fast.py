@@ -14,7 +14,8 @@ videos ``[B, T, 3, H, W]``:
 6. runs f_C over the sequence (Eq. 4).
 
 Everything runs under ``torch.inference_mode``; the backbones are copies prepared once: BatchNorm folded into
-the preceding convolution (``torch.fx`` fusion), channels-last memory format, and one of three backends:
+the preceding convolution (``torch.fx`` fusion), ReLU / ReLU6 fused into the convolution before them on a CPU
+(:mod:`adafocus_pl.inference.fusion`), channels-last memory format, and one of three backends:
 ``eager`` (default), ``compile`` (``torch.compile`` with Inductor's weight freezing; compiling every contender's
 networks added about a minute to ``make bench`` on 2 cores) or ``script`` (TorchScript trace + freeze + ``optimize_for_inference``, which
 PyTorch deprecates). On the 2-core CPU, ms per frame, eager / script / compile: MobileNetV2 at 224x224 (16 frames)
@@ -41,6 +42,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from adafocus_pl.inference.fusion import fold_batchnorm, fuse_conv_activations
 from adafocus_pl.inference.linear import FastLinear
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.classifier import RecurrentClassifier
@@ -72,19 +74,6 @@ class _BackboneMethod(nn.Module):
         return getattr(self.backbone, self.method)(x)
 
 
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` (eval mode) with every Conv2d -> BatchNorm2d pair folded into one convolution
-    (``torch.fx.experimental.optimization.fuse``); the module itself when it cannot be traced symbolically."""
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        return fuse(module.eval(), inplace=False)
-    except Exception as err:  # data-dependent control flow in a user backbone: keep it unfused
-        log.warning("could not fold BatchNorm into the convolutions of %s (%s): running it unfused",
-                    type(module).__name__, err)
-        return module
-
-
 class _LazyTorchScript:
     """TorchScript trace + freeze + ``optimize_for_inference`` of ``module`` at its first call (a trace needs an
     example input); the frozen graph accepts any batch size afterwards."""
@@ -103,8 +92,10 @@ class _LazyTorchScript:
 
 
 def prepare_backbone(backbone: nn.Module, method: str = "forward", backend: str = "eager",
-                     channels_last: bool = True, fold_bn: bool = True) -> Callable[[Tensor], Tensor]:
-    """An inference-only callable for ``getattr(backbone, method)``; ``backbone`` itself is left untouched."""
+                     channels_last: bool = True, fold_bn: bool = True,
+                     fuse_activations: bool = True) -> Callable[[Tensor], Tensor]:
+    """An inference-only callable for ``getattr(backbone, method)``; ``backbone`` itself is left untouched.
+    ``fuse_activations`` applies to the eager backend (``compile`` and ``script`` fuse by themselves)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     module = copy.deepcopy(_BackboneMethod(backbone, method)).eval()
@@ -112,6 +103,8 @@ def prepare_backbone(backbone: nn.Module, method: str = "forward", backend: str 
         parameter.requires_grad_(False)
     if fold_bn:
         module = fold_batchnorm(module)
+    if fuse_activations and backend == "eager":
+        module = fuse_conv_activations(module)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if backend == "script":
@@ -188,15 +181,16 @@ class _ClassifierScan:
 class _Engine:
     """Shared set-up: eval mode, prepared backbones, the memory format, optional timing of f_G and f_L."""
 
-    def __init__(self, net: nn.Module, backend: str, channels_last: bool, fold_bn: bool, profile: bool,
-                 glance_chunk: int | None):
+    def __init__(self, net: nn.Module, backend: str, channels_last: bool, fold_bn: bool, fuse_activations: bool,
+                 profile: bool, glance_chunk: int | None):
         if glance_chunk is not None and int(glance_chunk) < 1:
             raise ValueError(f"glance_chunk must be a number of frames >= 1 or None (all at once), got {glance_chunk}")
         self.net = net.eval()
         self.backend, self.profile = backend, profile
         self.chunks = {"glance": None if glance_chunk is None else int(glance_chunk)}
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self._options = dict(backend=backend, channels_last=channels_last, fold_bn=fold_bn)
+        self._options = dict(backend=backend, channels_last=channels_last, fold_bn=fold_bn,
+                             fuse_activations=fuse_activations)
         self.timings: dict[str, float] = defaultdict(float)
 
     def _prepare(self, backbone: nn.Module, method: str) -> Callable[[Tensor], Tensor]:
@@ -239,7 +233,8 @@ class FastAdaFocus(_Engine):
     """
 
     def __init__(self, net: AdaFocusNet, backend: str = "eager", channels_last: bool = True, fold_bn: bool = True,
-                 keep_threshold: float | None = None, keep_ratio: float | None = None, profile: bool = False,
+                 fuse_activations: bool = True, keep_threshold: float | None = None,
+                 keep_ratio: float | None = None, profile: bool = False,
                  patch_policy: str = "learned", generator: torch.Generator | None = None,
                  glance_chunk: int | None = DEFAULT_GLANCE_CHUNK):
         if patch_policy not in ("learned", *FIXED_POLICIES):
@@ -251,7 +246,7 @@ class FastAdaFocus(_Engine):
             raise ValueError("keep_threshold/keep_ratio need AdaFocus+'s skip policy pi' (model.skip_policy=true)")
         if keep_threshold is not None and keep_ratio is not None:
             raise ValueError("give keep_threshold (rho) or keep_ratio (eta), not both")
-        super().__init__(net, backend, channels_last, fold_bn, profile, glance_chunk)
+        super().__init__(net, backend, channels_last, fold_bn, fuse_activations, profile, glance_chunk)
         self.keep_threshold = None if keep_threshold is None else float(keep_threshold)
         self.keep_ratio = None if keep_ratio is None else check_keep_ratio(keep_ratio)
         self.patch_policy, self.generator = patch_policy, generator
@@ -297,8 +292,9 @@ class FastFullFrame(_Engine):
     then f_C."""
 
     def __init__(self, net: FullFrameNet, backend: str = "eager", channels_last: bool = True, fold_bn: bool = True,
-                 profile: bool = False, glance_chunk: int | None = DEFAULT_GLANCE_CHUNK):
-        super().__init__(net, backend, channels_last, fold_bn, profile, glance_chunk)
+                 fuse_activations: bool = True, profile: bool = False,
+                 glance_chunk: int | None = DEFAULT_GLANCE_CHUNK):
+        super().__init__(net, backend, channels_last, fold_bn, fuse_activations, profile, glance_chunk)
         self.glance = None if net.glance is None else self._prepare(net.glance, "forward")
         self.local = self._prepare(net.local, "forward")
         self.classifier = _ClassifierScan(net.classifier)
