@@ -262,11 +262,13 @@ def test_bench_runs_on_a_tiny_config_and_its_figures_are_consistent(tmp_path, ca
     # FLOPs grow with P; AdaFocus+ at eta=0.5 costs less than AdaFocus at the same P would
     assert rows["AdaFocus P=24"]["gflops_per_video"] < rows["AdaFocus P=48"]["gflops_per_video"]
     assert rows["AdaFocus P=48"]["gflops_per_video"] < reference["gflops_per_video"]
+    assert set(result["spread"]) == {"latency", "throughput"} and all(v >= 0 for v in result["spread"].values())
     saved = json.loads(out.read_text())
+    assert saved["spread"] == result["spread"]
     assert saved["settings"]["frames"] == 4 and saved["machine"]["threads"] >= 1
     assert [r["method"] for r in saved["rows"]] == list(rows)
     printed = capsys.readouterr().out
-    assert "| AdaFocus P=48 |" in printed and "speed-up" in printed
+    assert "| AdaFocus P=48 |" in printed and "speed-up" in printed and "run-to-run spread" in printed
 
 
 def test_keep_freed_memory_applies_to_a_fresh_process():

@@ -139,6 +139,18 @@ def summarise(contenders: list[Contender], batch_size: int) -> list[dict[str, An
     return rows
 
 
+NOISY_SPREAD = 0.10  # the 2-core CPU's quiet runs: 3-8%; runs while it was busy elsewhere: 11-26%
+
+
+def run_spread(row: dict[str, Any]) -> dict[str, float]:
+    """(max - min) / median of a row's measured runs, for latency and throughput: how noisy the machine was."""
+    spread = {}
+    for kind, key in (("latency", "latency_runs_s"), ("throughput", "batch_runs_s")):
+        runs = row[key]
+        spread[kind] = (max(runs) - min(runs)) / statistics.median(runs)
+    return spread
+
+
 def _paired_speedup(reference_runs: list[float], runs: list[float]) -> float:
     """Median over repeats of reference time / contender time, both from the same repeat."""
     return statistics.median(ref / own for ref, own in zip(reference_runs, runs, strict=True))
@@ -220,6 +232,12 @@ def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSett
              f"warm-up); backend {settings.backend}, {result['machine']['threads']} threads, {device}, {glance_calls}"
              f"{', freed memory kept' if settings.keep_freed_memory else ''}")
     print(markdown(rows, title), end="")
+    result["spread"] = run_spread(rows[0])
+    print(f"[bench] run-to-run spread of the reference ((max - min) / median): latency "
+          f"{100 * result['spread']['latency']:.0f}%, throughput {100 * result['spread']['throughput']:.0f}%")
+    if max(result["spread"].values()) > NOISY_SPREAD:
+        print(f"[bench] warning: above {100 * NOISY_SPREAD:.0f}%, something else is using this machine's CPU or "
+              f"memory; the quotients may be off by a few per cent: run again when it is idle, or with more --repeats")
     if json_path is not None:
         json_path = Path(json_path)
         json_path.parent.mkdir(parents=True, exist_ok=True)
