@@ -139,7 +139,7 @@ def summarise(contenders: list[Contender], batch_size: int) -> list[dict[str, An
     return rows
 
 
-NOISY_SPREAD = 0.10  # the 2-core CPU's quiet runs: 3-8%; runs while it was busy elsewhere: 11-26%
+NOISY_SPREAD = 0.10  # the 2-core CPU's quiet runs: 3-8%; runs while it was busy elsewhere: 11-42%
 
 
 def run_spread(row: dict[str, Any]) -> dict[str, float]:
@@ -217,8 +217,9 @@ def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSett
     """Build, measure, print and (optionally) save; returns ``{"settings", "machine", "rows"}``."""
     device = torch.device(settings.device)
     contenders = build_contenders(model_cfg, settings.frame_size, settings.frames, settings.patch_sizes,
-                                  settings.keep_ratio, settings.backend, settings.channels_last, settings.fold_bn,
-                                  settings.fuse_activations, device, settings.glance_chunk)
+                                  settings.keep_ratio, backend=settings.backend, channels_last=settings.channels_last,
+                                  fold_bn=settings.fold_bn, fuse_activations=settings.fuse_activations,
+                                  device=device, glance_chunk=settings.glance_chunk)
     generator = torch.Generator().manual_seed(settings.seed)
     shape = (settings.frames, 3, settings.frame_size, settings.frame_size)
     inputs = {"latency": torch.randn(1, *shape, generator=generator).to(device),

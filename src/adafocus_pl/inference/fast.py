@@ -17,9 +17,10 @@ Everything runs under ``torch.inference_mode``; the backbones are copies prepare
 the preceding convolution (``torch.fx`` fusion), ReLU / ReLU6 fused into the convolution before them on a CPU
 (:mod:`adafocus_pl.inference.fusion`), channels-last memory format, and one of three backends:
 ``eager`` (default), ``compile`` (``torch.compile`` with Inductor's weight freezing; compiling every contender's
-networks added about a minute to ``make bench`` on 2 cores) or ``script`` (TorchScript trace + freeze + ``optimize_for_inference``, which
-PyTorch deprecates). On the 2-core CPU, ms per frame, eager / script / compile: MobileNetV2 at 224x224 (16 frames)
-6.0 / 5.3 / 5.1; ResNet-50 at 128x128 (64 patches) 16.0 / 16.9 / 15.0, at 224x224 49.8 / 49.0 / 45.8.
+networks added about a minute to ``make bench`` on 2 cores) or ``script`` (TorchScript trace + freeze +
+``optimize_for_inference``, which PyTorch deprecates). On the 2-core CPU, ms per frame, eager (before the activation
+fusion) / script / compile: MobileNetV2 at 224x224 (16 frames) 6.0 / 5.3 / 5.1; ResNet-50 at 128x128 (64 patches)
+16.0 / 16.9 / 15.0, at 224x224 49.8 / 49.0 / 45.8.
 
 :class:`FastFullFrame` is the same path for the full-frame baselines (:class:`~adafocus_pl.models.full_frame.
 FullFrameNet`), so the benchmark compares like with like.

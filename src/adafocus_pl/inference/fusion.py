@@ -4,10 +4,10 @@
 - :func:`fuse_conv_activations`: every Conv2d -> ReLU / ReLU6 pair becomes one oneDNN convolution with the
   activation applied as it writes its output (``torch.ops.mkldnn._convolution_pointwise``, the operator Inductor
   emits for the same pattern), so the activation no longer reads and writes the whole tensor again. Measured on the
-  2-core CPU (ms per frame, 64 frames, channels-last, BatchNorm folded; ranges over repeated runs): MobileNetV2 at
-  224x224 6.5-8.0 -> 5.5-5.8 (its 35 ReLU6 follow wide, cheap convolutions), ResNet-50 at 128x128 16.1-17.3 ->
-  15.6-16.3, at 224x224 about 2% faster (49.8-50.3 -> 48.6-50.1). The outputs equal the unfused module's bit for
-  bit on that machine.
+  2-core CPU with fused and unfused runs interleaved (channels-last, BatchNorm folded): MobileNetV2 at 224x224 about
+  15% faster, 0.44-0.52 -> 0.36-0.43 s for 64 frames (its 35 ReLU6 follow wide, cheap convolutions); ResNet-50
+  unchanged (17.7 / 17.7 ms per frame at 128x128, 52.0 / 52.3 at 224x224). The outputs equal the unfused module's
+  bit for bit on that machine.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import logging
 
 import torch
 from torch import Tensor, fx, nn
+
+from adafocus_pl.inference.onednn import onednn_has
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 def onednn_conv_available() -> bool:
     """Whether this torch build has oneDNN's convolution with a fused activation."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        return hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
+    return onednn_has("_convolution_pointwise")
 
 
 class ConvActivation(nn.Module):
@@ -48,8 +45,7 @@ class ConvActivation(nn.Module):
 
     The weights are plain attributes, not parameters, so ``module.to(memory_format=torch.channels_last)`` leaves
     them in the layout oneDNN reorders fastest (with channels-last weights ResNet-50 at 128x128 ran slower than
-    unfused: 18.4 against 17.7 ms per frame);
-    the module therefore stays on the CPU it was made on."""
+    unfused: 18.4 against 17.7 ms per frame). The module therefore stays on the CPU it was made on."""
 
     def __init__(self, conv: nn.Conv2d, activation: str, scalars: list[float]):
         super().__init__()
@@ -96,14 +92,13 @@ def fuse_conv_activations(module: nn.Module) -> nn.Module:
     modules = dict(graph_module.named_modules())
     fused = 0
     for node in list(graph_module.graph.nodes):
-        if node.op != "call_module" or _activation(modules[node.target]) is None:
-            continue
-        source = node.args[0]
+        activation = _activation(modules[node.target]) if node.op == "call_module" else None
+        source = node.args[0] if activation is not None else None
         if not (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1
                 and _fusable(modules[source.target])):
             continue
         name = f"{source.target.replace('.', '_')}_with_activation"
-        graph_module.add_submodule(name, ConvActivation(modules[source.target], *_activation(modules[node.target])))
+        graph_module.add_submodule(name, ConvActivation(modules[source.target], *activation))
         with graph_module.graph.inserting_after(node):
             replacement = graph_module.graph.call_module(name, source.args)
         node.replace_all_uses_with(replacement)

@@ -26,17 +26,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from adafocus_pl.inference.onednn import onednn_has
+
 ONEDNN_MAX_ROWS = 16  # above this the transposed BLAS product is as fast (table above)
 
 
 def onednn_linear_available() -> bool:
-    """Whether this torch build has the oneDNN linear operators that Inductor uses on a CPU."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        return all(hasattr(torch.ops.mkldnn, name) for name in ("_linear_pointwise", "_reorder_linear_weight"))
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether this torch build has the oneDNN linear operators :class:`FastLinear` uses."""
+    return onednn_has("_linear_pointwise", "_reorder_linear_weight")
 
 
 class FastLinear:

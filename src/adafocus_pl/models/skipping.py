@@ -45,8 +45,9 @@ def keep_mask(keep_logits: Tensor, keep_threshold: float | None = None, keep_rat
               ) -> Tensor | None:
     """b_t from pi''s logits: p_t^B = sigmoid(logit) >= rho (``keep_threshold``), else the top eta of these frames
     (``keep_ratio``, rho solved on them); None when neither is given (every frame runs f_L)."""
+    if keep_threshold is None and keep_ratio is None:
+        return None
+    keep_probs = torch.sigmoid(keep_logits.detach().float())
     if keep_threshold is not None:
-        return torch.sigmoid(keep_logits.detach().float()) >= keep_threshold
-    if keep_ratio is not None:
-        return batch_keep_mask(torch.sigmoid(keep_logits.detach().float()), keep_ratio)
-    return None
+        return keep_probs >= keep_threshold
+    return batch_keep_mask(keep_probs, keep_ratio)
