@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: help install train sweep report bench test test-full lint data clean clean-logs
+.PHONY: help install train seeds sweep report bench test test-full lint data clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -17,8 +17,9 @@ help:  ## list the targets
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	# torch/torchvision are pinned in setup.cfg (2.14.1 / 0.29.1: they install from the local wheel store)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# torch/torchvision are pinned in setup.cfg (2.14.1 / 0.29.1: they install from the local wheel store);
+	# --no-compile: modules are byte-compiled when first imported, not all ~40k of them now (a minute less)
+	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project (editable, with dev extras)
@@ -26,8 +27,16 @@ install: $(STAMP)  ## create .venv and install the project (editable, with dev e
 data: $(STAMP)  ## generate the synthetic benchmark (skipped when it exists)
 	$(BIN)/python -m adafocus_pl.data.synthetic
 
+# overrides for make train / make seeds (e.g. make train TRAIN="seed=1", make train TRAIN="model.patch_size=48")
+TRAIN ?=
+SEEDS ?= 0 1 2
+
 train: $(STAMP)  ## run the whole pipeline on the synthetic default
-	$(BIN)/python -m adafocus_pl.pipeline
+	$(BIN)/python -m adafocus_pl.pipeline $(TRAIN)
+
+seeds: $(STAMP)  ## make train once per seed (SEEDS="0 1 2"), then the report: mean ± std over the seeds
+	for seed in $(SEEDS); do $(BIN)/python -m adafocus_pl.pipeline seed=$$seed $(TRAIN) || exit 1; done
+	$(BIN)/python -m adafocus_pl.report logs/synthetic
 
 # the synthetic default sweep: patch sizes x AdaFocus/AdaFocus+ (change it: make sweep SWEEP="model.patch_size=16,32 seed=0,1")
 SWEEP ?= model.patch_size=24,32,48 plus=off,on seed=0

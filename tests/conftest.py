@@ -28,6 +28,7 @@ def tiny_overrides(data_root: Path, log_dir: Path) -> list[str]:
         f"paths.log_dir={log_dir}", "paths.output_dir=${paths.run_dir}",
         "trainer=cpu", "logger=csv", "callbacks.progress_bar=null", "debug=limit",
         "model.policy_hidden=32", "model.classifier_hidden=32",
+        "schedule.stage0.epochs=0",  # the paper's three stages; tests that want the release's Stage 0 turn it on
     ]
 
 

@@ -49,7 +49,7 @@ def frame_overrides(root: Path, log_dir: Path) -> list[str]:
         "data.cache_dir=null", f"data.eval_resize={FRAME}", f"data.eval_crop={FRAME}", "data.batch_size=2",
         "data.num_workers=0", "model.patch_size=16", "model.policy_hidden=16", "model.classifier_hidden=16",
         f"paths.log_dir={log_dir}", "paths.output_dir=${paths.run_dir}", "trainer=cpu", "logger=csv",
-        "callbacks.progress_bar=null", "debug=limit",
+        "callbacks.progress_bar=null", "debug=limit", "schedule.stage0.epochs=0",
     ]
 
 

@@ -37,22 +37,50 @@ def test_adafocus_plus_shares_stage_one_and_drops_the_users_stage_and_plus():
 def test_finished_stages_are_skipped_and_a_changed_config_is_moved_aside(tmp_path):
     base = [f"paths.log_dir={tmp_path}", "model.patch_size=24"]
     calls: list = []
-    first = run_chain(base, plus=False, runner=fake_train(calls))
-    assert [state for *_, state in first] == ["fresh"] * 3 and len(calls) == 3
+    first = run_chain(base, plus=False, runner=fake_train(calls))  # the synthetic schedule has a Stage 0
+    assert [step.overrides[-2] for step, *_ in first] == ["stage=stage0", "stage=stage1", "stage=stage2",
+                                                          "stage=stage3"]
+    assert [state for *_, state in first] == ["fresh"] * 4 and len(calls) == 4
     assert all("ckpt_path=auto" in c for c in calls)  # an interrupted stage resumes from its last.ckpt
 
     second = run_chain(base, plus=True, runner=fake_train(calls))
-    assert [state for *_, state in second] == ["done", "fresh", "fresh"] and len(calls) == 5
+    assert [state for *_, state in second] == ["done", "done", "fresh", "fresh"] and len(calls) == 6
 
-    stage3 = first[2][1]
+    stage3 = first[3][1]
     (stage3 / "metrics.json").unlink()  # killed before it finished: resumed, not moved
-    assert [state for *_, state in run_chain(base, plus=False, runner=fake_train(calls))] == ["done", "done", "resume"]
+    assert [state for *_, state in run_chain(base, plus=False, runner=fake_train(calls))] == ["done", "done", "done",
+                                                                                              "resume"]
 
     (stage3 / "mine.txt").write_text("a user's notes")
     changed = run_chain(base + ["model.dropout=0.3"], plus=False, runner=fake_train(calls))
-    assert [state for *_, state in changed] == ["replaced"] * 3
+    assert [state for *_, state in changed] == ["replaced"] * 4
     kept = list((tmp_path / "synthetic" / "_replaced").rglob("mine.txt"))
     assert len(kept) == 1 and kept[0].read_text() == "a user's notes"  # nothing the user made is lost
+
+
+def test_the_baselines_start_from_stage_one_with_stage_three_s_budget(tmp_path):
+    steps = stage_chain([f"paths.log_dir={tmp_path}", "model.patch_size=48", "plus=on"], plus=False, stage0=True,
+                        baselines=True)
+    assert [s.name for s in steps] == ["stage0", "stage1", "stage2", "stage3", "baseline_none", "baseline_random",
+                                       "baseline_centre", "baseline_gaussian"]
+    stage1_ckpt = tmp_path / "synthetic" / "stage1" / "p48" / "seed0" / "checkpoints" / "last.ckpt"
+    for step in steps[4:]:
+        policy = step.name.removeprefix("baseline_")
+        assert step.after == "stage1" and "plus=off" in step.overrides  # the user's plus=on is dropped
+        assert {"stage=stage3", f"stage.module.patch_policy={policy}", f"init_from={stage1_ckpt}"} <= set(step.overrides)
+        assert run_dir(step.overrides) == tmp_path / "synthetic" / f"stage3_{policy}" / "p48" / "seed0"
+
+
+def test_stage_0_serves_every_patch_size(tmp_path):
+    base = [f"paths.log_dir={tmp_path}"]
+    calls: list = []
+    at32 = run_chain(base + ["model.patch_size=32"], plus=False, runner=fake_train(calls))
+    at48 = run_chain(base + ["model.patch_size=48", "model.grid_size=5"], plus=False, runner=fake_train(calls))
+    assert at32[0][1] == at48[0][1] == tmp_path / "synthetic" / "stage0" / "seed0"  # no patch-size level
+    assert [state for *_, state in at48] == ["done", "fresh", "fresh", "fresh"]  # Stage 0 is not redone
+    assert compose("train", base + ["model.patch_size=48", "stage=stage1"]).init_from == \
+        str(tmp_path / "synthetic" / "stage0" / "seed0" / "checkpoints" / "last.ckpt")
+    assert compose("train", base + ["stage=stage1", "schedule=paper"]).init_from is None  # the paper: no Stage 0
 
 
 def test_a_directory_without_a_saved_config_is_never_overwritten(tmp_path):

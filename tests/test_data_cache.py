@@ -18,3 +18,17 @@ def test_cached_clips_equal_decoded_clips(tiny_synthetic, tmp_path):
     files = sorted((tmp_path / "cache").rglob("*.npy"))
     assert len(files) == len(decoded)
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_the_generator_writes_the_cache_the_dataset_reads(tmp_path):
+    from adafocus_pl.data.synthetic import SyntheticSpec, generate
+
+    generate(tmp_path / "data", SyntheticSpec(num_train=4, num_val=2, num_test=2), workers=1, progress=False,
+             decoded_dir=tmp_path / "data" / ".decoded")
+    common = dict(root=tmp_path / "data", list_file="train.txt", num_segments=8, mode="val",
+                  transform=ClipEvalTransform(96, 96), num_classes=10)
+    decoded = VideoFileDataset(**common)  # decodes the H.264 files
+    cached = VideoFileDataset(cache_dir=tmp_path / "data" / ".decoded", **common)
+    assert len(list((tmp_path / "data" / ".decoded").rglob("*.npy"))) == 8  # every split, before any read
+    for i in range(len(decoded)):
+        assert torch.equal(cached[i]["frames"], decoded[i]["frames"])

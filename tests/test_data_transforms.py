@@ -128,6 +128,15 @@ def test_eval_identity_when_sizes_match():
     assert torch.equal(out, clip)
 
 
+def test_train_identity_when_the_crop_is_the_whole_frame_at_its_size():
+    clip, boxes = box_clip(3, 48, 48, (5, 6, 25, 26))
+    transform = ClipTrainTransform(size=48, scales=(1.0,), flip=False)
+    out, out_boxes = transform(clip, boxes)
+    assert out is clip and torch.equal(out_boxes, boxes)  # no copy, no resample
+    moved, _ = transform.apply(clip, boxes, CropParams(0, 0, 48, 48, flip=True))  # a flip is not the identity
+    assert not torch.equal(moved, clip)
+
+
 def test_normalize_on_device():
     frames = torch.zeros(2, 3, 3, 4, 4, dtype=torch.uint8)
     frames[..., 1, :] = 255  # row 1 of every frame

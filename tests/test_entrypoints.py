@@ -46,3 +46,5 @@ def test_a_real_training_run_through_the_entry_point(tiny_synthetic, tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "metrics.json").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B must log offline without asking for a key"
+    for notice in ("set_vital", "LeafSpec", "torch.jit.script", "litlogger", "in eval mode at the start"):
+        assert notice not in out.stdout + out.stderr, notice  # third-party notices are silenced

@@ -40,7 +40,8 @@ def tiny_dataset(root: Path, cfg) -> list[str]:
 def test_experiment_composes_and_runs_a_fast_dev_step(experiment, tmp_path, tiny_synthetic):
     small = ["data.num_segments=2", "data.batch_size=1", "data.num_workers=0", "data.eval_resize=96",
              "data.eval_crop=96", "model.patch_size=64", f"paths.log_dir={tmp_path / 'logs'}",
-             "paths.output_dir=${paths.run_dir}", "trainer=cpu", "logger=none", "debug=fdr", "callbacks=none"]
+             "paths.output_dir=${paths.run_dir}", "trainer=cpu", "logger=none", "debug=fdr", "callbacks=none",
+             "init_from=null"]  # Stage I on its own (the synthetic schedule starts it from Stage 0)
     cfg = compose("train", [f"experiment={experiment}", *small])
     data = tiny_dataset(tmp_path / "data", cfg) or [f"data.root={tiny_synthetic}", "data.synthetic=null"]
     cfg = compose("train", [f"experiment={experiment}", *small, *data])

@@ -275,7 +275,7 @@ def test_keep_freed_memory_applies_to_a_fresh_process():
     import subprocess
     import sys
 
-    code = "from adafocus_pl.inference.allocator import keep_freed_memory as k; print(k(), k())"
+    code = "from adafocus_pl.utils.allocator import keep_freed_memory as k; print(k(), k())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     import platform

@@ -30,7 +30,8 @@ def sweep(overrides: list[str]) -> str:
 @pytest.fixture(scope="module")
 def tiny_sweep(tiny_synthetic, tmp_path_factory):
     logs = tmp_path_factory.mktemp("sweep_logs")
-    overrides = tiny_overrides(tiny_synthetic, logs) + ["logger=default", "model.patch_size=24,32", "plus=off,on"]
+    overrides = tiny_overrides(tiny_synthetic, logs) + ["logger=default", "model.patch_size=24,32", "plus=off,on",
+                                                        "baselines=false"]  # tests/test_chain.py covers them
     return logs / "synthetic", overrides, sweep(overrides)
 
 

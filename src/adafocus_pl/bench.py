@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
                    help="keep ReLU/ReLU6 apart from the convolutions (adafocus_pl.inference.fusion; eager backend)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
-                   help="leave glibc malloc as it is (adafocus_pl.inference.allocator: large blocks page-fault again "
+                   help="leave glibc malloc as it is (adafocus_pl.utils.allocator: large blocks page-fault again "
                         "on every call)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--json", default="logs/bench/bench.json", help="where to write the results ('' for nowhere)")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory:
-        from adafocus_pl.inference.allocator import keep_freed_memory
+        from adafocus_pl.utils.allocator import keep_freed_memory
 
         keep_freed_memory()
     cfg = compose("train", DEFAULT_OVERRIDES + list(args.overrides))

@@ -16,6 +16,7 @@ chain and the stage processes join one DDP group; only task 0 takes locks and mo
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import os
 import shutil
@@ -31,29 +32,46 @@ import yaml
 from omegaconf import OmegaConf
 
 from adafocus_pl.utils.config import compose
-from adafocus_pl.utils.wandb_run import child_process_env
 
-IGNORED_KEYS = ("ckpt_path",)  # how a run was started (fresh or resumed) does not change what it computes
+# how a run was started (fresh or resumed, by which pipeline) does not change what it computes
+IGNORED_KEYS = ("ckpt_path", "pipeline")
 
 
 @dataclass(frozen=True)
 class Step:
     label: str
     overrides: list[str]
+    name: str = ""     # stage0, stage1, stage2, stage3, stage2_plus, stage3_plus, baseline_<policy>
+    after: str = ""    # the step whose checkpoint it starts from ("" = none)
 
 
-def stage_chain(overrides: list[str], plus: bool) -> list[Step]:
-    """Stage I → II → III of AdaFocus, or Stage I → II+ → III+ of AdaFocus+ (Sec. 3.3).
+# Table 5's fixed policies and the glance-only model, each given Stage III's budget from the Stage I weights
+BASELINES = (("glance only", "none"), ("random patches", "random"), ("centre patches", "centre"),
+             ("Gaussian patches", "gaussian"))
 
-    Stage I never has pi' and is shared: it always runs with ``plus=off`` so both variants find the same run."""
+
+def stage_chain(overrides: list[str], plus: bool, stage0: bool = False, baselines: bool = False) -> list[Step]:
+    """Stage I → II → III of AdaFocus, or Stage I → II+ → III+ of AdaFocus+ (Sec. 3.3), after the release's
+    Stage 0 when ``stage0`` (the schedule runs it: :func:`runs_stage0`), and with ``baselines`` the fixed-policy
+    and glance-only runs (:data:`BASELINES`) after Stage I.
+
+    Stages 0 and I never have pi' and are shared: they always run with ``plus=off`` so both variants find the same
+    run (and Stage 0 serves every patch size: ``stage.shared_by``)."""
     base = [o for o in overrides if not o.lstrip("+~").startswith(("stage=", "plus="))]
-    variant = "plus=on" if plus else "plus=off"
-    suffix = "+" if plus else ""
-    return [
-        Step("stage I (warm-up)", [*base, "stage=stage1", "plus=off"]),
-        Step(f"stage II{suffix} (policy)", [*base, "stage=stage2", variant]),
-        Step(f"stage III{suffix} (fine-tuning)", [*base, "stage=stage3", variant]),
+    variant, suffix, tag = ("plus=on", "_plus", "+") if plus else ("plus=off", "", "")
+    steps = [Step("stage 0 (backbones on whole frames)", [*base, "stage=stage0", "plus=off"], "stage0")] if stage0 else []
+    steps += [
+        Step("stage I (warm-up)", [*base, "stage=stage1", "plus=off"], "stage1", "stage0" if stage0 else ""),
+        Step(f"stage II{tag} ({'policies pi, pi' + chr(39) if plus else 'policy'})", [*base, "stage=stage2", variant],
+             f"stage2{suffix}", "stage1"),
+        Step(f"stage III{tag} (fine-tuning)", [*base, "stage=stage3", variant], f"stage3{suffix}", f"stage2{suffix}"),
     ]
+    if baselines:
+        stage1_ckpt = run_dir(steps[-3].overrides) / "checkpoints" / "last.ckpt"
+        steps += [Step(label, [*base, "stage=stage3", "plus=off", f"stage.name=stage3_{policy}",
+                               f"stage.module.patch_policy={policy}", f"init_from={stage1_ckpt}"],
+                       f"baseline_{policy}", "stage1") for label, policy in BASELINES]
+    return steps
 
 
 def composed_run(overrides: list[str]):
@@ -66,9 +84,24 @@ def run_dir(overrides: list[str]) -> Path:
     return composed_run(overrides)[1]
 
 
+def runs_stage0(overrides: list[str]) -> bool:
+    """Whether the schedule of ``overrides`` has a Stage 0 (``schedule.stage0.epochs`` > 0)."""
+    return bool(OmegaConf.select(compose("train", overrides), "schedule.stage0.epochs", default=0))
+
+
 def comparable(config: dict) -> dict:
-    """A config as saved in ``.hydra/config.yaml`` (no ``hydra`` node), minus the keys that do not matter."""
-    return {k: v for k, v in config.items() if k not in (*IGNORED_KEYS, "hydra")}
+    """A config as saved in ``.hydra/config.yaml`` (no ``hydra`` node), minus the keys that do not matter: how the
+    run was started, and the settings its stage does not depend on (``stage.shared_by``, e.g. Stage 0's patch
+    size)."""
+    config = copy.deepcopy({k: v for k, v in config.items() if k not in (*IGNORED_KEYS, "hydra")})
+    for dotted in (config.get("stage") or {}).get("shared_by") or []:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return config
 
 
 def stage_state(directory: Path, current: dict) -> str:
@@ -113,6 +146,8 @@ def run_lock(directory: Path) -> Iterator[None]:
 
 
 def run_train_process(overrides: list[str]) -> None:
+    from adafocus_pl.utils.wandb_run import child_process_env  # imports Lightning: only where a stage runs
+
     cmd = [sys.executable, "-m", "adafocus_pl.train", *overrides]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=child_process_env())
@@ -137,6 +172,8 @@ def run_step(step: Step, runner=run_train_process) -> tuple[Path, str]:
     return directory, state
 
 
-def run_chain(overrides: list[str], plus: bool, runner=run_train_process) -> list[tuple[Step, Path, str]]:
+def run_chain(overrides: list[str], plus: bool, runner=run_train_process,
+              baselines: bool = False) -> list[tuple[Step, Path, str]]:
     """The whole stage chain of one sweep point; returns (step, run directory, state found) per stage."""
-    return [(step, *run_step(step, runner)) for step in stage_chain(overrides, plus)]
+    steps = stage_chain(overrides, plus, runs_stage0(overrides), baselines)
+    return [(step, *run_step(step, runner)) for step in steps]

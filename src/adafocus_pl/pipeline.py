@@ -1,7 +1,8 @@
 """The whole AdaFocus chain for one experiment: ``python -m adafocus_pl.pipeline [hydra overrides...]``.
 
-1. data: generate the synthetic benchmark when it is missing (``VideoDataModule.prepare_data``);
-2. Stage I -> II -> III, each a ``python -m adafocus_pl.train`` run in its own deterministic directory;
+1. data: generate the synthetic benchmark when it is missing (``adafocus_pl.data.synthetic.prepare``);
+2. Stage 0 when the schedule has one (the release's backbones on whole frames), then Stage I -> II -> III, each
+   the ``python -m adafocus_pl.train`` run of its own deterministic directory;
 3. the baselines of the paper's Table 5 and a glance-only model, each given the same Stage III budget from the
    Stage I weights (a fair comparison, see README);
 4. AdaFocus+ (Sec. 3.3): Stage II and III again with ``plus=on``, from the same Stage I;
@@ -10,115 +11,277 @@
    coverage) with an accuracy-vs-GFLOPs plot, written as ``results.json`` / ``results.md`` /
    ``accuracy_vs_gflops.png`` / ``online.png`` in the pipeline's run directory.
 
-Each stage is skipped when finished with the same config, resumed when interrupted (``adafocus_pl.chain``).
+The steps form a graph (after Stage I, the AdaFocus chain, the AdaFocus+ chain and the baselines are independent)
+and run side by side, ``pipeline.jobs`` at a time, in worker processes that import the libraries once
+(:mod:`adafocus_pl.workers`); the CPU cores are shared among the steps that run. Each step's console goes to
+``<run dir>/console.log``; the terminal shows one line per epoch and per finished step. Each stage is skipped when
+finished with the same config, resumed when interrupted (``adafocus_pl.chain``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from adafocus_pl.chain import Step, run_dir, run_step
+from adafocus_pl.chain import Step, run_dir, run_step, run_train_process, stage_chain
 from adafocus_pl.utils.config import compose
 
-
-@dataclass
-class Run:
-    method: str                 # the row name in the results table
-    stage: str                  # the stage config
-    overrides: list[str] = field(default_factory=list)
-    patch_policy: str | None = None  # for FLOPs: None = no results row
-    evaluate: bool = False           # rows from adafocus_pl.eval (online curve, AdaFocus+ rows per eta)
+TRAIN, EVAL = "train", "eval"
 
 
-def chain(stage1_ckpt: str, plus: bool = True) -> list[Run]:
-    """Stage I, II, III and the baselines that share Stage III's budget; then AdaFocus+ unless ``plus=False``
-    (AdaFocus-TSM has no frame skipping)."""
-    def baseline(name: str, policy: str) -> Run:
-        return Run(name, "stage3", [f"stage.name=stage3_{policy}", f"stage.module.patch_policy={policy}",
-                                    f"init_from={stage1_ckpt}"], patch_policy=policy)
-    runs = [
-        Run("stage I (warm-up)", "stage1"),
-        Run("stage II (policy)", "stage2"),
-        Run("AdaFocus (learned policy)", "stage3", patch_policy="learned", evaluate=True),
-        baseline("glance only", "none"),
-        baseline("random patches", "random"),
-        baseline("centre patches", "centre"),
-        baseline("Gaussian patches", "gaussian"),
-        Run("stage II+ (policies pi, pi')", "stage2", ["plus=on"]),
-        Run("AdaFocus+", "stage3", ["plus=on"], patch_policy="learned", evaluate=True),
-    ]
-    return runs if plus else runs[:-2]
+@dataclass(frozen=True)
+class Job:
+    name: str                           # the key other jobs wait for
+    label: str                          # as printed; a train job's results row (when it has one) has this name
+    kind: str                           # TRAIN | EVAL
+    overrides: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    patch_policy: str | None = None     # train jobs with a results row from their own test metrics
+    plus: bool = False                  # an AdaFocus+ evaluation (its rows are the eta curve)
+    directory: Path | None = None       # train: its run directory; eval: the run directory it evaluates
 
 
-def evaluate_run(overrides: list[str], ckpt: Path) -> dict:
-    """``adafocus_pl.eval`` on a Stage III checkpoint, in this process (fine-tuned baselines are separate rows)."""
+def plan(user: list[str], stage0: bool, plus: bool) -> list[Job]:
+    """The steps of ``make train`` (``adafocus_pl.chain``'s chains of both variants and the baselines, then the
+    evaluations) and what each waits for; in the order the scheduler prefers among ready steps: the longest chains
+    first, so that the baselines fill the gaps."""
+    steps = {step.name: step for step in stage_chain(user, plus=False, stage0=stage0, baselines=True)}
+    if plus:
+        steps.update({step.name: step for step in stage_chain(user, plus=True, stage0=stage0)})
+    jobs = {name: Job(name, step.label, TRAIN, tuple(step.overrides), (step.after,) if step.after else (),
+                      patch_policy=name.removeprefix("baseline_") if name.startswith("baseline_") else None,
+                      directory=run_dir(step.overrides))
+            for name, step in steps.items()}
+    for suffix in ("", "_plus") if plus else ("",):
+        stage3 = jobs[f"stage3{suffix}"]
+        jobs[f"eval{suffix}"] = Job(f"eval{suffix}", f"evaluation of AdaFocus{'+' if suffix else ''}", EVAL,
+                                    stage3.overrides, (stage3.name,), plus=bool(suffix), directory=stage3.directory)
+    order = ["stage0", "stage1", "stage2", "stage2_plus", "stage3", "stage3_plus", "eval", "eval_plus"]
+    return sorted(jobs.values(), key=lambda job: order.index(job.name) if job.name in order else len(order))
+
+
+# ------------------------------------------------------------------------------------------------- in the workers
+def evaluate_run(overrides: list[str], ckpt: str) -> dict:
+    """``adafocus_pl.eval`` on a Stage III checkpoint (fine-tuned baselines are separate rows)."""
     from adafocus_pl.eval import run as run_eval
 
     return run_eval(compose("eval", overrides + [f"ckpt_path={ckpt}", "eval.fixed_policies=[]"]))
 
 
-def main(argv: list[str] | None = None) -> Path:
-    user = list(sys.argv[1:] if argv is None else argv)
-    cfg = compose("train", user)
-    from adafocus_pl.evaluation.evaluate import plot_rows, results_markdown
+def baseline_row(overrides: list[str], job: Job) -> dict:
+    """The results row of a baseline from its run's test metrics."""
     from adafocus_pl.evaluation.flops import gflops_per_video, model_component_gflops
 
-    started = time.perf_counter()
-    print(f"[pipeline] data: {cfg.data.root}", flush=True)
-    instantiate(cfg.data, _recursive_=False).prepare_data()
-    timings = {"data": time.perf_counter() - started}
-
-    parts = model_component_gflops(cfg.model, (cfg.data.eval_crop, cfg.data.eval_crop))  # counted once, per frame
-    stage1_dir = run_dir(user + ["stage=stage1"])
-    rows, eval_dirs = [], []
-    plus = cfg.model.get("architecture", "adafocus") != "adafocus_tsm"
-    for run in chain(str(stage1_dir / "checkpoints" / "last.ckpt"), plus=plus):
-        overrides = user + [f"stage={run.stage}"] + run.overrides
-        t0 = time.perf_counter()
-        directory, _ = run_step(Step(run.method, overrides))
-        timings[run.method] = time.perf_counter() - t0
-        if run.patch_policy is None:
-            continue
-        if run.evaluate:
-            t0 = time.perf_counter()
-            result = evaluate_run(overrides, directory / "checkpoints" / "last.ckpt")
-            timings[f"eval {run.method}"] = time.perf_counter() - t0
-            for row in result["rows"]:
-                if "plus=on" in run.overrides and "keep_ratio" not in row:  # the eta = 1 end of the AdaFocus+ curve
-                    row.update(method="AdaFocus+ network, f_L on every frame", family="AdaFocus+", keep_ratio=1.0)
-                rows.append({**row, "run_dir": str(directory)})
-            eval_dirs.append(result["paths"]["md"])
-            continue
-        metrics = json.loads((directory / "metrics.json").read_text())
-        rows.append({
-            "method": run.method, "family": run.method, "patch_policy": run.patch_policy, "run_dir": str(directory),
+    cfg = compose("train", overrides)
+    parts = model_component_gflops(cfg.model, (cfg.data.eval_crop, cfg.data.eval_crop))
+    metrics = json.loads((job.directory / "metrics.json").read_text())
+    return {"method": job.label, "family": job.label, "patch_policy": job.patch_policy, "run_dir": str(job.directory),
             "top1": metrics.get("test/top1"), "mAP": metrics.get("test/mAP"),
             "hit_rate": metrics.get("test/hit_rate"), "coverage": metrics.get("test/coverage"),
-            "gflops_per_video": gflops_per_video(parts, cfg.data.num_segments, use_local=run.patch_policy != "none"),
-            "keep_fraction": 0.0 if run.patch_policy == "none" else 1.0,
-        })
+            "gflops_per_video": gflops_per_video(parts, cfg.data.num_segments, use_local=job.patch_policy != "none"),
+            "keep_fraction": 0.0 if job.patch_policy == "none" else 1.0}
 
-    out_dir = stage1_dir.parents[2] / "pipeline" / stage1_dir.parent.name / stage1_dir.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+def write_summary(overrides: list[str], rows: list[dict], eval_paths: list[str], out_dir: str,
+                  seconds: dict[str, float]) -> str:
+    """results.json / results.md and the two figures of the pipeline; returns the table."""
+    from adafocus_pl.evaluation.evaluate import plot_rows, results_markdown
+
+    cfg = compose("train", overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     summary = {"experiment": cfg.experiment_name, "patch_size": cfg.model.patch_size, "seed": cfg.seed,
-               "split": "test", "frames_per_video": cfg.data.num_segments, "rows": rows,
-               "seconds": {k: round(v, 1) for k, v in timings.items()}}
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+               "split": "test", "frames_per_video": cfg.data.num_segments, "rows": rows, "seconds": seconds}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
     title = f"{cfg.experiment_name}: P={cfg.model.patch_size}, seed {cfg.seed}, test split"
-    figures = plot_rows(rows, out_dir, title, metric="mAP" if str(cfg.monitor).endswith("mAP") else "top1")
-    links = "\n".join(f"- {name}: `{path}`" for name, path in
-                      [*figures.items(), *(("evaluation", p) for p in eval_dirs)])
+    figures = plot_rows(rows, out, title, metric="mAP" if str(cfg.monitor).endswith("mAP") else "top1")
+    links = "\n".join(f"- {name}: `{path}`" for name, path in [*figures.items(), *(("evaluation", p)
+                                                                                      for p in eval_paths)])
     table = results_markdown(rows, title)
-    (out_dir / "results.md").write_text(f"{table}\n{links}\n")
+    (out / "results.md").write_text(f"{table}\n{links}\n")
+    return table
+
+
+# ------------------------------------------------------------------------------------------------- the scheduler
+def job_count(cfg, cores: int) -> int:
+    """``pipeline.jobs``: a number, or ``auto``: one per CPU core (at most 4) on a CPU, one on an accelerator."""
+    jobs = OmegaConf.select(cfg, "pipeline.jobs", default="auto")
+    if jobs != "auto":
+        if int(jobs) < 1:
+            raise ValueError(f"pipeline.jobs={jobs}: run at least one step at a time (or auto)")
+        return int(jobs)
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    if accelerator in ("gpu", "cuda", "mps", "tpu") or (accelerator == "auto" and _has_accelerator()):
+        return 1
+    return max(1, min(4, cores))
+
+
+def _has_accelerator() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def single_process(cfg) -> bool:
+    """A stage of this config runs in one process (no DDP launcher), so a worker can run it."""
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1
+    return str(devices) == "1" and int(nodes) == 1
+
+
+class Pipeline:
+    def __init__(self, cfg, jobs: list[Job], workers, cores: int, in_workers: bool) -> None:
+        self.cfg, self.jobs, self.workers, self.cores, self.in_workers = cfg, jobs, workers, cores, in_workers
+        self.results: dict[str, Any] = {}
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+        self._shown: dict[str, tuple] = {}
+
+    def say(self, message: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        print(f"[pipeline {int(elapsed) // 60}:{int(elapsed) % 60:02d}] {message}", flush=True)
+
+    def _drive(self, job: Job, threads: int) -> Any:
+        """In a driver thread: run one job through the workers (train jobs through the chain's skip/resume)."""
+        if job.kind == EVAL:
+            return self.workers.submit("adafocus_pl.pipeline:evaluate_run", list(job.overrides),
+                                       str(job.directory / "checkpoints" / "last.ckpt"), threads=threads,
+                                       log_file=job.directory / "eval" / "console.log").result()
+
+        def runner(overrides: list[str]) -> None:
+            if not self.in_workers:  # DDP: the stage needs its own launcher process
+                run_train_process(overrides)
+                return
+            self.say(f"{job.label}: started, {threads} thread(s); console: {job.directory / 'console.log'}")
+            self.workers.submit("adafocus_pl.workers:train_in_process", overrides, threads=threads,
+                                log_file=job.directory / "console.log").result()
+
+        return run_step(Step(job.label, list(job.overrides)), runner)
+
+    def _show_progress(self, running: dict[Future, Job]) -> None:
+        from adafocus_pl.stages.progress import read_progress
+
+        for job in running.values():
+            if job.kind != TRAIN:
+                continue
+            state = read_progress(job.directory / "progress.json")
+            if not state or state.get("phase") != "validated":
+                continue
+            key = (state["epoch"], state["phase"])
+            if self._shown.get(job.name) == key:
+                continue
+            self._shown[job.name] = key
+            metrics = state.get("metrics", {})
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                              if k in ("train/loss", "val/top1", "val/coverage", "val/top1_local"))
+            self.say(f"{job.label}: epoch {state['epoch'] + 1}/{state['epochs']} validated: {shown}")
+
+    def _finished(self, job: Job, value: Any) -> None:
+        self.results[job.name] = value
+        seconds = self.seconds[job.name]
+        if job.kind == TRAIN:
+            directory, state = value
+            if state == "done":
+                return
+            metrics_file = directory / "metrics.json"
+            metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+            shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("test/top1", "test/top1_local", "test/coverage")
+                              if k in metrics)
+            self.say(f"{job.label}: finished in {seconds:.0f} s ({shown})")
+        else:
+            self.say(f"{job.label}: finished in {seconds:.0f} s ({value['paths']['md']})")
+
+    def run(self) -> None:
+        pending, running, failed = list(self.jobs), {}, None
+        with ThreadPoolExecutor(max_workers=self.workers.jobs) as drivers:
+            while pending or running:
+                if failed is None:
+                    ready = [job for job in pending if all(name in self.results for name in job.after)]
+                    share = min(self.workers.jobs, len(ready) + len(running)) or 1
+                    for job in ready[: self.workers.jobs - len(running)]:
+                        pending.remove(job)
+                        threads = max(1, self.cores // share)
+                        future = drivers.submit(self._drive, job, threads)
+                        future.started = time.perf_counter()
+                        running[future] = job
+                elif not running:
+                    break
+                finished, _ = wait(list(running), timeout=2.0, return_when=FIRST_COMPLETED)
+                self._show_progress(running)
+                for future in finished:
+                    job = running.pop(future)
+                    self.seconds[job.name] = time.perf_counter() - future.started
+                    try:
+                        self._finished(job, future.result())
+                    except Exception as err:  # the others still finish: a re-run skips them
+                        failed = failed or (job, err)
+                        self.say(f"{job.label} FAILED: {err}")
+        if failed is not None:
+            job, err = failed
+            raise SystemExit(f"[pipeline] stopped: {job.label} failed ({err}). Fix it and run the same command "
+                             f"again: finished steps are skipped, interrupted ones resume.")
+
+    def rows(self) -> tuple[list[dict], list[str]]:
+        """The results table: AdaFocus's rows, the baselines, AdaFocus+'s eta curve."""
+        rows, eval_paths = [], []
+        for job in self.jobs:
+            if job.kind == EVAL:
+                result = self.results[job.name]
+                for row in result["rows"]:
+                    if job.plus and "keep_ratio" not in row:  # the eta = 1 end of the AdaFocus+ curve
+                        row.update(method="AdaFocus+ network, f_L on every frame", family="AdaFocus+",
+                                   keep_ratio=1.0)
+                    rows.append({**row, "run_dir": str(job.directory)})
+                eval_paths.append(str(result["paths"]["md"]))
+        plain = [row for row in rows if row["family"] != "AdaFocus+"]
+        plus = [row for row in rows if row["family"] == "AdaFocus+"]
+        baselines = [self.workers.submit("adafocus_pl.pipeline:baseline_row", list(job.overrides), job).result()
+                     for job in self.jobs if job.patch_policy is not None]
+        return plain + baselines + plus, eval_paths
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from adafocus_pl.chain import runs_stage0
+    from adafocus_pl.data import synthetic
+    from adafocus_pl.workers import Workers
+
+    user = list(sys.argv[1:] if argv is None else argv)
+    cfg = compose("train", user)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = plan(user, stage0=runs_stage0(user), plus=cfg.model.get("architecture", "adafocus") != "adafocus_tsm")
+    in_workers = single_process(cfg)
+    count = job_count(cfg, cores) if in_workers else 1
+    stage1_dir = next(job.directory for job in jobs if job.name == "stage1")
+    out_dir = stage1_dir.parents[2] / "pipeline" / stage1_dir.parent.name / stage1_dir.name
+    with Workers(count) as workers:  # they start and import while the data is prepared here
+        pipeline = Pipeline(cfg, jobs, workers, cores, in_workers)
+        pipeline.say(f"{len(jobs)} steps, {count} at a time on {cores} CPU core(s); runs under "
+                     f"{stage1_dir.parents[2]}")
+        synthetic.prepare(cfg.data)
+        pipeline.seconds["data"] = time.perf_counter() - pipeline.started
+        pipeline.say(f"data: {cfg.data.root} ({pipeline.seconds['data']:.0f} s)")
+        pipeline.run()
+        rows, eval_paths = pipeline.rows()
+        seconds = {"data": round(pipeline.seconds["data"], 1),
+                   **{job.label: round(pipeline.seconds[job.name], 1) for job in jobs}}
+        table = workers.submit("adafocus_pl.pipeline:write_summary", user, rows, eval_paths, str(out_dir),
+                               seconds).result()
     print("\n" + table)
-    print("[pipeline] wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    print(f"[pipeline] results: {out_dir / 'results.md'} and results.json")
+    print("[pipeline] wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    print(f"[pipeline] total {time.perf_counter() - pipeline.started:.0f} s; results: {out_dir / 'results.md'} "
+          f"and results.json")
     return out_dir
 
 

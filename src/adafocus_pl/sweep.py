@@ -22,6 +22,9 @@ from adafocus_pl.utils.config import config_dir, register_resolvers
 register_resolvers()
 
 
+SWEEP_KEYS = ("report", "baselines")
+
+
 def experiment_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.log_dir) / cfg.experiment_name
 
@@ -30,9 +33,12 @@ def experiment_dir(cfg: DictConfig) -> Path:
 def main(cfg: DictConfig) -> float | None:
     from adafocus_pl.chain import run_chain
 
-    overrides = list(HydraConfig.get().overrides.task)
-    results = run_chain(overrides, plus=bool(cfg.plus.enabled))
-    final_dir = results[-1][1]
+    # the sweep's own keys (conf/sweep.yaml) are not settings of the stages it runs
+    overrides = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in SWEEP_KEYS]
+    plus = bool(cfg.plus.enabled)
+    # the AdaFocus point also runs the fixed-policy baselines of its patch size (AdaFocus+ shares its Stage I)
+    results = run_chain(overrides, plus=plus, baselines=bool(cfg.get("baselines", True)) and not plus)
+    final_dir = next(directory for step, directory, _ in results if step.name.startswith("stage3"))
     metrics = json.loads((final_dir / "metrics.json").read_text()) if (final_dir / "metrics.json").is_file() else {}
     print(f"[sweep] {' '.join(overrides)}: " + ", ".join(f"{step.label} {state}" for step, _, state in results))
     return metrics.get(f"test/{str(cfg.monitor).split('/')[-1]}")

@@ -147,7 +147,8 @@ class VideoDataModule(pl.LightningDataModule):
             return
         from adafocus_pl.data import synthetic  # lazy: only the synthetic config needs it
 
-        synthetic.generate(self.root, **self.synthetic)  # skips when meta.json matches the spec
+        synthetic.prepare({"root": self.root, "synthetic": self.synthetic, "kind": self.kind,
+                           "cache_dir": None if self.cache_dir is None else self.cache_dir.absolute()})
 
     def _load_class_names(self) -> None:
         if not self.classes_file:

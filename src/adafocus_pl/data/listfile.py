@@ -17,6 +17,12 @@ from pathlib import Path
 
 from adafocus_pl.data import VIDEO_EXTENSIONS
 
+
+def resolve_under(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path`` if absolute, else ``root / path`` (how list, boxes, classes and cache paths are given)."""
+    path = Path(path)
+    return path if path.is_absolute() else Path(root) / path
+
 LIST_FORMATS = ("comma", "space", "video")
 
 _EXPECTED = {

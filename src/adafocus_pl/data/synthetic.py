@@ -271,7 +271,7 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv444p"
-        stream.options = {"qp": "0", "preset": "veryfast"}
+        stream.options = {"qp": "0", "preset": "ultrafast"}  # lossless at any preset; this one encodes fastest
         stream.codec_context.thread_count = 1
         stream.codec_context.color_range = ColorRange.JPEG
         for rgb in frames:
@@ -304,11 +304,17 @@ def split_labels(spec: SyntheticSpec, split: str) -> np.ndarray:
     return rng.permutation(np.arange(n) % spec.num_classes)
 
 
-def _make_video(task: tuple[str, int, int], spec: SyntheticSpec, out_dir: Path) -> list[list[int]]:
-    """Worker: render and encode one video, return its boxes."""
+def _make_video(task: tuple[str, int, int], spec: SyntheticSpec, out_dir: Path,
+                decoded_dir: Path | None = None) -> list[list[int]]:
+    """Worker: render and encode one video (and store its frames in ``decoded_dir``), return its boxes."""
     split, index, label = task
     frames, boxes, _ = render_video(spec, _video_rng(spec, split, index), label)
-    write_video(out_dir / "videos" / split / f"{index:06d}.mp4", frames, spec.fps)
+    name = f"videos/{split}/{index:06d}.mp4"
+    write_video(out_dir / name, frames, spec.fps)
+    if decoded_dir is not None:  # the lossless encode decodes to exactly these frames: no need to decode it later
+        from adafocus_pl.data.datasets import cached_clip_path, write_cached_clip
+
+        write_cached_clip(cached_clip_path(decoded_dir, name), frames)
     return boxes.tolist()
 
 
@@ -376,12 +382,15 @@ def generate(
     workers: int = 2,
     force: bool = False,
     progress: bool = True,
+    decoded_dir: str | Path | None = None,
     **overrides,
 ) -> dict:
     """Generate the benchmark into ``out_dir`` (skipped when up to date unless ``force``); return a summary.
 
     ``overrides`` replace fields of ``spec`` (default `SyntheticSpec()`), e.g. ``generate(root, num_train=24)``.
     Only our own files are written (and our own stale videos removed); anything else in ``out_dir`` is kept.
+    ``decoded_dir``: also store every video's frames where ``VideoFileDataset(cache_dir=decoded_dir)`` reads
+    them, so training never decodes them (the data config's ``cache_dir``).
     """
     spec = dataclasses.replace(spec or SyntheticSpec(), **overrides)
     out_dir = Path(out_dir)
@@ -394,7 +403,8 @@ def generate(
     previous = _listed_videos(out_dir)
     (out_dir / "meta.json").unlink(missing_ok=True)  # written last: a half-done directory is never "current"
     tasks = [(s, i, int(lab)) for s in SPLITS for i, lab in enumerate(split_labels(spec, s))]
-    work = functools.partial(_make_video, spec=spec, out_dir=out_dir)
+    work = functools.partial(_make_video, spec=spec, out_dir=out_dir,
+                             decoded_dir=None if decoded_dir is None else Path(decoded_dir))
     bar = tqdm(total=len(tasks), desc="synthetic videos", unit="video", disable=not progress)
     if workers <= 1:
         results = []
@@ -434,6 +444,19 @@ def generate(
         f"{seconds:.1f} s"
     )
     return summary
+
+
+def prepare(data_cfg) -> None:
+    """What a data config's ``prepare_data`` does for generated data: (re)generate the benchmark into
+    ``data_cfg.root`` from the ``data_cfg.synthetic`` overrides unless it is current, with the decoded frames where
+    the ``data_cfg.cache_dir`` cache looks for them; nothing for other data. Light: no torch, no Lightning."""
+    if data_cfg.get("synthetic") is None:
+        return
+    from adafocus_pl.data.listfile import resolve_under
+
+    cache = data_cfg.get("cache_dir")
+    decoded = resolve_under(data_cfg["root"], cache) if cache and data_cfg.get("kind", "video") == "video" else None
+    generate(data_cfg["root"], decoded_dir=decoded, **dict(data_cfg["synthetic"]))
 
 
 # ------------------------------------------------------------------------------------------------- CLI

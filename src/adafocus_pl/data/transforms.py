@@ -110,6 +110,9 @@ class ClipTrainTransform:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Apply one draw to every frame (and box) of the clip."""
         _check_frames(frames)
+        if (params.top, params.left, params.height, params.width, params.flip) == (
+                0, 0, self.size, self.size, False) and tuple(frames.shape[-2:]) == (self.size, self.size):
+            return frames, None if boxes is None else boxes.float()  # the whole frame at its own size: identity
         video, bbox = _wrap(frames, boxes)
         crop = (params.top, params.left, params.height, params.width)
         out_size = [self.size, self.size]

@@ -140,6 +140,34 @@ def runs_markdown(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pipeline_tables(root: Path) -> list[dict[str, Any]]:
+    """``make train``'s results tables under ``root`` (``pipeline/p<P>/seed<s>/results.json``), one per run."""
+    tables = []
+    for path in sorted(root.glob("pipeline/p*/seed*/results.json")):
+        try:
+            tables.append(json.loads(path.read_text()))
+        except ValueError as error:
+            log.warning("report: skipping %s (%s)", path, error)
+    return tables
+
+
+def pipeline_markdown(tables: list[dict[str, Any]], metric: str) -> str:
+    """Every row of ``make train``'s table, per patch size: mean ± std over the seeds that ran it."""
+    lines = [f"| P | method | seeds | {metric} (%) | GFLOPs / video | frames through f_L (%) |",
+             "|---:|---|---|---:|---:|---:|"]
+    for p in sorted({t["patch_size"] for t in tables}):
+        runs = [t for t in tables if t["patch_size"] == p]
+        methods = list(dict.fromkeys(row["method"] for t in runs for row in t["rows"]))
+        for method in methods:
+            rows = [row for t in runs for row in t["rows"] if row["method"] == method]
+            seeds = sorted(t["seed"] for t in runs if any(row["method"] == method for row in t["rows"]))
+            values = [row[metric] for row in rows if row.get(metric) is not None]
+            lines.append(f"| {p} | {method} | {', '.join(map(str, seeds))} | {_mean_std(values) if values else '–'} | "
+                         f"{statistics.mean(r['gflops_per_video'] for r in rows):.4g} | "
+                         f"{_pct(statistics.mean(r.get('keep_fraction') or 0.0 for r in rows))} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(root: str | Path, out_dir: str | Path | None = None, metric: str | None = None) -> Path:
     """Collect, tabulate and plot every run under ``root``; returns the output directory."""
     from adafocus_pl.evaluation.plots import plot_accuracy_vs_gflops
@@ -157,12 +185,17 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, metric: st
         figure = plot_accuracy_vs_gflops(points, out / "accuracy_vs_gflops.png", metric=f"{metric} (%)",
                                          title=f"test split, {Path(root).name}")
     text = [f"# Report: {Path(root).resolve()}", "", f"## Final models (test {metric}, mean ± std over seeds)", "",
-            side_by_side_markdown(summary, metric) if summary else "(no stage III run yet)\n",
-            "## Every run", "", runs_markdown(runs)]
+            side_by_side_markdown(summary, metric) if summary else "(no stage III run yet)\n"]
+    tables = pipeline_tables(Path(root))
+    if tables:
+        text += [f"## make train's table (test {metric}, mean ± std over seeds)", "",
+                 pipeline_markdown(tables, metric)]
+    text += ["## Every run", "", runs_markdown(runs)]
     if figure:
         text.append(f"![accuracy vs GFLOPs]({figure.name})\n")
     (out / "report.md").write_text("\n".join(text))
-    (out / "report.json").write_text(json.dumps({"metric": metric, "summary": summary, "runs": runs}, indent=2))
+    (out / "report.json").write_text(json.dumps({"metric": metric, "summary": summary, "runs": runs,
+                                                 "pipeline_tables": tables}, indent=2))
     print("\n".join(text))
     print(f"[report] {out / 'report.md'}")
     return out

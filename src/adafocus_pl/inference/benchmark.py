@@ -193,7 +193,7 @@ class BenchSettings:
     seed: int = 0
     fuse_activations: bool = True
     glance_chunk: int | None = DEFAULT_GLANCE_CHUNK  # frames per f_G call (None: all of a batch's frames at once)
-    keep_freed_memory: bool = False  # glibc malloc tuned by the caller (adafocus_pl.inference.allocator)
+    keep_freed_memory: bool = False  # glibc malloc tuned by the caller (adafocus_pl.utils.allocator)
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

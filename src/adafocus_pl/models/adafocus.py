@@ -215,7 +215,7 @@ class AdaFocusNet(nn.Module):
             raise ValueError("AdaFocusNet glances at and focuses on the same frames: leave data.num_focus_segments null")
         batch, steps = frames.shape[:2]
         n = len(offsets)
-        local = self.local_features(self.crop(frames.repeat(n, 1, 1, 1, 1), torch.cat(list(offsets)))).chunk(n)
+        local = self.local_features(torch.cat([self.crop(frames, o) for o in offsets])).chunk(n)
         glance = glance_maps.mean(dim=(-2, -1))
         zeros = local[0].new_zeros(local[0][:, 0].shape)
         state = self.classifier.init_state(batch, frames.device)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
 from adafocus_pl.models.build import build_network
-from adafocus_pl.stages.checkpoints import CheckpointError, network_mismatches, read_checkpoint
+from adafocus_pl.stages.checkpoints import BACKBONE_KEYS, CheckpointError, network_mismatches, read_checkpoint
 
 NET_PARTS = ("glance", "policy", "skip_policy", "local", "classifier")  # skip_policy: AdaFocus+'s pi' (or None)
 # val/test metrics come from records gathered over all ranks (the same on every rank): no sync_dist needed
@@ -160,11 +160,17 @@ class StageModule(pl.LightningModule):
                 f"{' or '.join(map(str, self.accepts_init_from))}. Point init_from at the right stage's checkpoint."
             )
         theirs, ours = ckpt["hyper_parameters"]["net"], self.hparams.net
-        mismatches = network_mismatches(theirs, ours, path, "init_from")
-        if mismatches:
-            raise CheckpointError("; ".join(mismatches))
         state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         own = self.net.state_dict()
+        if stage == 0:  # Stage 0 trained backbones on whole frames only: take those, keep the rest as built
+            parts = tuple(ckpt["hyper_parameters"].get("trainable", ("glance", "local")))
+            mismatches = network_mismatches(theirs, ours, path, "init_from", names=BACKBONE_KEYS)
+            state = {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}
+            own = {k: v for k, v in own.items() if k.split(".", 1)[0] in parts}
+        else:
+            mismatches = network_mismatches(theirs, ours, path, "init_from")
+        if mismatches:
+            raise CheckpointError("; ".join(mismatches))
         bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
         missing = sorted(set(own) - set(state))
         fresh_skip = [k for k in missing if k.startswith("skip_policy.")]
@@ -181,7 +187,7 @@ class StageModule(pl.LightningModule):
             raise ValueError(f"{path} is an AdaFocus+ checkpoint (it has pi'); run with plus=on to use it.")
         if bad or missing:
             raise ValueError(f"{path} does not fit this network: shape mismatches {bad[:5]}, missing keys {missing[:5]}")
-        self.net.load_state_dict(state)
+        self.net.load_state_dict(state, strict=stage != 0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["adafocus_stage"] = self.stage_id
@@ -228,6 +234,9 @@ class StageModule(pl.LightningModule):
             record["hit"], record["coverage"] = hit.mean(1), coverage.mean(1)
         if out.get("keep") is not None:  # AdaFocus+: the share of frames that ran f_L
             record["keep"] = out["keep"].float().mean(1)
+        for key, value in out.items():  # per-part predictions beside the clip's (Stage 0: f_G's and f_L's heads)
+            if key.startswith("logits_"):
+                record["scores_" + key[len("logits_"):]] = F.softmax(value.float(), dim=-1)
         self._eval_outputs.append(record)
 
     def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,6 +267,9 @@ class StageModule(pl.LightningModule):
             metrics[f"{split}/coverage"] = merged["coverage"].mean().item()
         if "keep" in merged:
             metrics[f"{split}/keep_fraction"] = merged["keep"].mean().item()
+        for key, scores in merged.items():
+            if key.startswith("scores_"):
+                metrics[f"{split}/top1_{key[len('scores_'):]}"] = top1_accuracy(scores, merged["labels"])
         if split == "val" and not self.trainer.sanity_checking:
             self.best_top1 = max(self.best_top1, metrics["val/top1"])
             metrics["val/top1_best"] = self.best_top1
@@ -277,15 +289,16 @@ class StageModule(pl.LightningModule):
         self._eval_epoch_end("test")
 
     # ----------------------------------------------------------------- optimisation
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The parameters each trainable part optimises (one optimiser group per part)."""
+        return {part: [p for p in getattr(self.net, part).parameters() if p.requires_grad] for part in self.trainable}
+
     def configure_optimizers(self):
         """One parameter group per trainable part, lr = ``lr * lr_scale[part]``; cosine per epoch by default."""
         cfg = dict(self.hparams.optimizer)
         scales = cfg.get("lr_scale") or {}
-        groups = [
-            {"params": [p for p in getattr(self.net, part).parameters() if p.requires_grad],
-             "lr": cfg["lr"] * scales.get(part, 1.0), "name": part}
-            for part in self.trainable
-        ]
+        groups = [{"params": params, "lr": cfg["lr"] * scales.get(part, 1.0), "name": part}
+                  for part, params in self.parameter_groups().items()]
         name = cfg.get("name", "sgd").lower()
         if name == "sgd":
             opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),

@@ -68,6 +68,8 @@ def _fsync_directory(directory: Path) -> None:
 # the network settings that must agree between a checkpoint and the run that loads it
 SHAPE_KEYS = ("architecture", "num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size", "classifier",
               "location_policy", "glance_frames", "focus_frames", "temporal_shift", "use_glance")
+# ... and those that a Stage 0 checkpoint (backbones trained on whole frames, no patch, no policy) must share
+BACKBONE_KEYS = ("architecture", "glance_backbone", "local_backbone")
 
 
 class CheckpointError(ValueError):
@@ -92,13 +94,15 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     return dict(ckpt)
 
 
-def network_mismatches(theirs: Mapping, ours: Mapping, path: str | Path, key: str) -> list[str]:
-    """One message per network setting (``model.*``) that differs between a checkpoint and this run."""
+def network_mismatches(theirs: Mapping, ours: Mapping, path: str | Path, key: str,
+                       names: tuple[str, ...] = SHAPE_KEYS) -> list[str]:
+    """One message per network setting (``model.*`` among ``names``) that differs between a checkpoint and this
+    run."""
     problems = [
         f"{key}={path} was trained with model.{name}={theirs.get(name)!r} but this run has model.{name}="
         f"{ours.get(name)!r}: set model.{name}={theirs.get(name)!r} or use a checkpoint trained with "
         f"{ours.get(name)!r}"
-        for name in SHAPE_KEYS if theirs.get(name) != ours.get(name)
+        for name in names if theirs.get(name) != ours.get(name)
     ]
     return problems
 
@@ -116,7 +120,9 @@ def resume_problems(path: str | Path, stage_id: int, net: Mapping) -> list[str]:
             f"resume it with stage=stage{ckpt['adafocus_stage']}, or start stage {stage_id} from its weights with "
             f"init_from={path} ckpt_path=null")
     theirs = ckpt["hyper_parameters"].get("net", {})
-    problems += network_mismatches(theirs, net, path, "ckpt_path")
+    # a Stage 0 run serves every patch size and grid (it never cuts a patch): only its backbones must agree
+    problems += network_mismatches(theirs, net, path, "ckpt_path",
+                                   names=BACKBONE_KEYS if ckpt["adafocus_stage"] == 0 else SHAPE_KEYS)
     if bool(theirs.get("skip_policy")) != bool(net.get("skip_policy")):  # init_from may add pi' (Stage II+)
         plus = bool(theirs.get("skip_policy"))
         problems.append(f"ckpt_path={path} is {'an AdaFocus+' if plus else 'an AdaFocus'} checkpoint: resume it "

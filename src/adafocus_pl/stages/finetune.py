@@ -60,12 +60,16 @@ class FinetuneStage(StageModule):
     def _forward(self, frames: torch.Tensor, generator: torch.Generator | None, **skip) -> dict:
         return self.net(frames, patch_policy=self.patch_policy, generator=generator, **skip)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def statistics_forward(self, batch: dict) -> dict:
+        """The training forward (also what :class:`~adafocus_pl.stages.precise_bn.PreciseBatchNorm` runs):
+        AdaFocus+ keeps the top eta of the batch's frames, eta drawn from ``keep_ratios``."""
         skip = {}
         if self.plus:
-            eta = self.keep_ratios[int(torch.randint(len(self.keep_ratios), ()))]
-            skip = {"batch_keep_ratio": eta}
-        out = self._forward(batch["frames"], None, **skip, **focus_inputs(batch))
+            skip = {"batch_keep_ratio": self.keep_ratios[int(torch.randint(len(self.keep_ratios), ()))]}
+        return self._forward(batch["frames"], None, **skip, **focus_inputs(batch))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.statistics_forward(batch)
         loss = sequence_cross_entropy(out["logits"], batch["label"])
         self.log("train/loss", loss, prog_bar=True)
         if self.plus:

@@ -12,6 +12,8 @@ the patch's value from h_{t-1} whether or not this frame's patch was used (the p
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli
@@ -30,7 +32,7 @@ class PolicyStage(StageModule):
                  value_weight: float = 0.5, entropy_weight: float = 0.01, ppo_epochs: int = 1,
                  normalise_returns: bool = True, eval_seed: int = 0, channels_last: bool = True,
                  trainable: list[str] = ("policy", "skip_policy"), skip_cost: float = 1e-6,
-                 eval_keep_threshold: float = 0.5) -> None:
+                 eval_keep_threshold: float = 0.5, skip_gamma: float | None = None) -> None:
         if not set(trainable) <= {"policy", "skip_policy"} or "policy" not in trainable:
             raise ValueError(f"stage II trains the policies only (paper Sec. 3.2-3.3); got trainable={list(trainable)}")
         super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
@@ -41,6 +43,8 @@ class PolicyStage(StageModule):
         self.reward_kind = reward
         self.ppo = PPOConfig(gamma=gamma, clip=clip, value_weight=value_weight, entropy_weight=entropy_weight,
                              normalise_returns=normalise_returns)
+        # pi''s discount (the paper gives none for it; None: pi's gamma)
+        self.skip_ppo = self.ppo if skip_gamma is None else dataclasses.replace(self.ppo, gamma=float(skip_gamma))
         self.ppo_epochs = ppo_epochs
 
     @torch.no_grad()
@@ -77,7 +81,7 @@ class PolicyStage(StageModule):
             keep = keep.bool()
             conf_policy, conf_random, conf_skip = self.rollout_confidences(frames, glance_maps, actions, labels, keep)
             skip_rewards = skip_reward(conf_policy, conf_skip, keep, self.skip_cost * self.net.patch_size**2)
-            skip_returns, skip_advantages = ppo_targets(skip_rewards, skip_values, self.ppo)
+            skip_returns, skip_advantages = ppo_targets(skip_rewards, skip_values, self.skip_ppo)
         else:
             conf_policy, conf_random = self.rollout_confidences(frames, glance_maps, actions, labels,
                                                                 focus_frames=focus_frames)
@@ -97,7 +101,7 @@ class PolicyStage(StageModule):
             loss = losses["loss"]
             if plus:
                 skip_losses = ppo_loss(skip_dist.log_prob(keep.float()), old_skip_log_probs, skip_advantages,
-                                       skip_values.float(), skip_returns, skip_dist.entropy(), self.ppo)
+                                       skip_values.float(), skip_returns, skip_dist.entropy(), self.skip_ppo)
                 loss = loss + skip_losses["loss"]
             opt.zero_grad()
             # DDP: Lightning's manual_backward re-arms DDP's reducer before every backward (DDPStrategy.pre_backward

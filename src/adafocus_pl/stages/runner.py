@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from adafocus_pl.preflight import checkpoint_problems, config_problems, raise_if
 from adafocus_pl.stages.guards import ReportSkippedVideos, StopOnNonFiniteLoss
+from adafocus_pl.stages.progress import ProgressFile
+from adafocus_pl.utils.allocator import keep_freed_memory
 from adafocus_pl.utils.instantiate import instantiate_group
 from adafocus_pl.utils.wandb_run import (
     WandbRunIdInCheckpoint,
@@ -45,6 +47,7 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
     """
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()  # activations reuse freed memory instead of page-faulting fresh blocks at every step
     try:
         pl.seed_everything(cfg.seed, workers=True)
         raise_if(config_problems(cfg))  # before anything is built: a bad P or T fails here, by key
@@ -66,8 +69,8 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
             log.info("stage %s starts from the weights of %s", cfg.stage.id, cfg.init_from)
             module.load_init_weights(cfg.init_from)
 
-        callbacks = instantiate_group(cfg.get("callbacks"), "callbacks") + [StopOnNonFiniteLoss(),
-                                                                           ReportSkippedVideos(output_dir)]
+        callbacks = instantiate_group(cfg.get("callbacks"), "callbacks") + [
+            StopOnNonFiniteLoss(), ReportSkippedVideos(output_dir), ProgressFile(output_dir / "progress.json")]
         check_wandb_mode(cfg)
         loggers = instantiate_group(cfg.get("logger"), "logger")
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):

@@ -21,8 +21,12 @@ class WarmupStage(StageModule):
         super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
                          channels_last=channels_last)
 
+    def statistics_forward(self, batch: dict) -> dict:
+        """The training forward (also what :class:`~adafocus_pl.stages.precise_bn.PreciseBatchNorm` runs)."""
+        return self.net(batch["frames"], patch_policy="random", **focus_inputs(batch))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.net(batch["frames"], patch_policy="random", **focus_inputs(batch))
+        out = self.statistics_forward(batch)
         loss = sequence_cross_entropy(out["logits"], batch["label"])
         self.log("train/loss", loss, prog_bar=True)
         return loss

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -31,18 +32,26 @@ def register_resolvers() -> None:
     """Resolvers used by conf/ (idempotent)."""
     if not OmegaConf.has_resolver("adafocus.project_root"):
         OmegaConf.register_new_resolver("adafocus.project_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("adafocus.when"):  # ${adafocus.when:COND,VALUE}: VALUE if COND is truthy, else null
+        OmegaConf.register_new_resolver("adafocus.when", lambda condition, value: value if condition else None)
+
+
+_COMPOSING = threading.Lock()  # Hydra's GlobalHydra is one per process: one composition at a time
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None, return_hydra_config: bool = False):
-    """Compose a config from ``conf/`` without running a Hydra app (tests, notebooks, the pipeline)."""
+    """Compose a config from ``conf/`` without running a Hydra app (tests, notebooks, the pipeline); safe to call
+    from several threads."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides or []), return_hydra_config=return_hydra_config)
+    with _COMPOSING:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return hydra_compose(config_name, overrides=list(overrides or []),
+                                 return_hydra_config=return_hydra_config)
 
 
 register_resolvers()

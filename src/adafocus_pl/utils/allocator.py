@@ -6,8 +6,10 @@ so each call page-faults its activations in again: on the 2-core CPU this was a 
 (6.1 s -> 4.3 s for 4 videos of 16 frames with this setting, and AdaFocus 2.9 s -> 1.9 s, all of the difference in
 kernel time). It is what jemalloc/tcmalloc give PyTorch CPU inference; here without a dependency: allocations come
 from the heap (``M_MMAP_MAX=0``) and the heap is never trimmed (``M_TRIM_THRESHOLD``), so after the first call the
-same memory is reused. The price is a resident size that stays at its peak, which is fine for an inference process
-and is why training does not use it.
+same memory is reused. The price is a resident size that stays at its peak.
+
+Training on a CPU pays the same toll (every step allocates and frees its activations): every stage run applies it
+(``adafocus_pl.stages.runner.run_stage``); measurements in docs/performance.md.
 """
 
 from __future__ import annotations
