@@ -57,6 +57,50 @@ def test_codes_are_far_apart_and_balanced():
     assert len(set(S.class_names(S.SyntheticSpec()))) == 10
 
 
+QUARTERS = {"top-left": (slice(0, 2), slice(0, 2)), "top-right": (slice(0, 2), slice(2, 4)),
+            "bottom-left": (slice(2, 4), slice(0, 2)), "bottom-right": (slice(2, 4), slice(2, 4))}
+HALVES = {"top": (slice(0, 2), slice(None)), "bottom": (slice(2, 4), slice(None)),
+          "left": (slice(None), slice(0, 2)), "right": (slice(None), slice(2, 4))}
+
+
+def _named_by(codes: np.ndarray, region) -> int:
+    """How many classes the cells of ``region`` (of the 4x4 code grid) tell apart from every other class."""
+    views = [tuple(code.reshape(4, 4)[region].ravel()) for code in codes]
+    return sum(views.count(view) == 1 for view in views)
+
+
+def test_hamming_codes_are_named_by_any_half():
+    """The default codes are redundant: any half of the glyph, and mostly a quarter, names the class."""
+    codes = S.class_codes(S.SyntheticSpec())
+    assert all(_named_by(codes, region) == 10 for region in HALVES.values())
+    assert all(_named_by(codes, region) >= 5 for region in QUARTERS.values())
+
+
+def test_quadrant_codes_need_more_than_a_quarter():
+    spec = S.SyntheticSpec(code_scheme="quadrant")
+    codes = S.class_codes(spec)
+    assert codes.shape == (10, 16) and len({tuple(c) for c in codes}) == 10
+    dist = (codes[:, None] != codes[None]).sum(-1)
+    assert dist[~np.eye(10, dtype=bool)].min() >= 4
+    assert all(_named_by(codes, region) == 0 for region in QUARTERS.values())  # a quarter never names a class
+    assert all(_named_by(codes, region) <= 2 for region in HALVES.values())
+    # each quadrant shows one of three patterns, and any three quadrants fix the fourth (symbols sum to 0 mod 3)
+    symbols = [tuple(s.ravel()) for s in S._quadrant_symbols(2)]
+    for code in codes:
+        word = [symbols.index(tuple(code.reshape(4, 4)[q].ravel())) for q in QUARTERS.values()]
+        assert sum(word) % 3 == 0
+
+
+def test_quadrant_scheme_renders_its_codes():
+    spec = S.SyntheticSpec(code_scheme="quadrant")
+    frames, boxes, label = S.render_video(spec, np.random.default_rng(3))
+    np.testing.assert_array_equal(_cell_bits(frames[0, ..., 0], boxes[0], spec), S.class_codes(spec)[label])
+    with pytest.raises(ValueError, match="code_scheme"):
+        S.SyntheticSpec(code_scheme="parity")
+    with pytest.raises(ValueError, match="even number"):
+        S.SyntheticSpec(code_scheme="quadrant", glyph_size=16, cell_size=4)  # 3 cells a side
+
+
 def test_impossible_codes_raise():
     with pytest.raises(ValueError):
         S.class_codes(S.SyntheticSpec(num_classes=60, min_hamming=12))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import multiprocessing
@@ -43,6 +44,7 @@ _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _CODE_SEED = 2021  # fixed: the class codes are part of the benchmark's definition, not of the data seed
 _VIDEO_NAME = re.compile(r"^videos/(train|val|test)/\d{6}\.mp4$")
 TASKS = ("code", "motion")
+CODE_SCHEMES = ("hamming", "quadrant")
 # the motion task's classes: the bar's step (d_row, d_col) per frame
 MOTIONS = {"bar_up": (-1, 0), "bar_down": (1, 0), "bar_left": (0, -1), "bar_right": (0, 1)}
 
@@ -62,7 +64,11 @@ class SyntheticSpec:
     glyph_size: int = _f(20, "glyph side in pixels, border included")
     border: int = _f(2, "glyph border width in pixels")
     cell_size: int = _f(4, "side of one code cell in pixels")
-    min_hamming: int = _f(8, "minimum pairwise Hamming distance between class codes")
+    min_hamming: int = _f(8, "minimum pairwise Hamming distance between class codes ('hamming' codes)")
+    code_scheme: str = _f("hamming", "how the class codes are chosen: 'hamming' (balanced codes at min_hamming; any "
+                                     "half of the glyph names the class) or 'quadrant' (each quadrant of the code "
+                                     "grid shows one of three patterns, the codes are words of a parity code over "
+                                     "them: a quarter of the glyph leaves several classes open)")
     num_distractors: int = _f(3, "dark-bordered distractor glyphs per video")
     speed_min: float = _f(2.0, "minimum glyph speed in px/frame")
     speed_max: float = _f(5.0, "maximum glyph speed in px/frame")
@@ -86,6 +92,8 @@ class SyntheticSpec:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.code_scheme not in CODE_SCHEMES:
+            raise ValueError(f"code_scheme must be one of {CODE_SCHEMES}, got {self.code_scheme!r}")
         if self.task == "motion" and not 2 <= self.num_classes <= len(MOTIONS):
             raise ValueError(f"the motion task has {len(MOTIONS)} directions: num_classes must be 2..{len(MOTIONS)}")
         interior = self.glyph_size - 2 * self.border
@@ -93,6 +101,8 @@ class SyntheticSpec:
             raise ValueError("glyph_size - 2*border must be a positive multiple of cell_size")
         if self.glyph_size > self.frame_size:
             raise ValueError("glyph_size must not exceed frame_size")
+        if self.code_scheme == "quadrant" and (interior // self.cell_size) % 2:
+            raise ValueError("code_scheme='quadrant' needs an even number of code cells per glyph side")
         if not 0 < self.speed_min <= self.speed_max:
             raise ValueError("need 0 < speed_min <= speed_max")
         if min(self.num_frames, self.num_classes, self.fps) < 1 or self.seed < 0:
@@ -127,13 +137,62 @@ def _codes_cached(num_bits: int, num_classes: int, min_hamming: int) -> tuple[tu
     raise ValueError(f"no {num_classes} codes of {num_bits} bits with Hamming distance >= {min_hamming}")
 
 
+def _quadrant_symbols(side: int) -> np.ndarray:
+    """The three patterns a quadrant of ``side`` x ``side`` cells can show, uint8 ``[3, side, side]``: its top
+    rows, its bottom rows, a checkerboard of cells (pairwise at least ``side**2 // 2`` cells apart)."""
+    rows = np.arange(side)[:, None] < (side + 1) // 2
+    top = np.repeat(rows, side, axis=1)
+    checker = (np.add.outer(np.arange(side), np.arange(side)) % 2 == 0)
+    return np.stack([top, ~top, checker]).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _quadrant_words(num_classes: int) -> tuple[tuple[int, ...], ...]:
+    """``num_classes`` words (TL, TR, BL, BR) of the ternary parity code (symbols sum to 0 mod 3: any three
+    quadrants fix the fourth, any two leave three words), chosen greedily so that as many of each word's halves
+    (top, bottom, left, right quadrant pairs) as possible are shared with another chosen word."""
+    words = [w for w in itertools.product(range(3), repeat=4) if sum(w) % 3 == 0]
+    if num_classes > len(words):
+        raise ValueError(f"code_scheme='quadrant' has {len(words)} codes; num_classes={num_classes} is too many")
+    halves = ((0, 1), (2, 3), (0, 2), (1, 3))
+
+    def shared(chosen: list[tuple[int, ...]]) -> int:
+        return sum(any(v != w and all(v[i] == w[i] for i in h) for v in chosen) for w in chosen for h in halves)
+
+    chosen: list[tuple[int, ...]] = []
+    while len(chosen) < num_classes:
+        chosen.append(max((w for w in words if w not in chosen), key=lambda w: shared(chosen + [w])))
+    return tuple(chosen)
+
+
+def quadrant_code(spec: SyntheticSpec, word) -> np.ndarray:
+    """The cell code (uint8 ``[grid*grid]``, row-major) that shows quadrant symbols ``word`` (TL, TR, BL, BR)."""
+    half = spec.grid // 2
+    symbols = _quadrant_symbols(half)
+    grid = np.block([[symbols[word[0]], symbols[word[1]]], [symbols[word[2]], symbols[word[3]]]])
+    return grid.reshape(-1).astype(np.uint8)
+
+
 def class_codes(spec: SyntheticSpec) -> np.ndarray:
     """The class codes, uint8 ``[num_classes, grid*grid]`` (row-major cells), pairwise distance checked."""
-    codes = np.array(_codes_cached(spec.grid**2, spec.num_classes, spec.min_hamming), dtype=np.uint8)
+    if spec.code_scheme == "quadrant":
+        codes = np.stack([quadrant_code(spec, w) for w in _quadrant_words(spec.num_classes)])
+        min_distance = 2 * ((spec.grid // 2) ** 2 // 2)  # two quadrants apart, each by half its cells at least
+    else:
+        codes = np.array(_codes_cached(spec.grid**2, spec.num_classes, spec.min_hamming), dtype=np.uint8)
+        min_distance = spec.min_hamming
     dist = (codes[:, None, :] != codes[None, :, :]).sum(-1)
     off_diag = dist[~np.eye(len(codes), dtype=bool)]
-    assert off_diag.size == 0 or off_diag.min() >= spec.min_hamming
+    assert off_diag.size == 0 or off_diag.min() >= min_distance
     return codes
+
+
+def distractor_code(spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
+    """A distractor's random code, drawn like the class codes are built (random cells, or random quadrant
+    symbols)."""
+    if spec.code_scheme == "quadrant":
+        return quadrant_code(spec, tuple(int(v) for v in rng.integers(0, 3, size=4)))
+    return rng.integers(0, 2, size=spec.grid**2)
 
 
 def class_names(spec: SyntheticSpec) -> list[str]:
@@ -243,7 +302,7 @@ def render_video(
 
     sprites = []  # (glyphs [F, G, G], track); drawn in order, so the target (last) is never occluded
     for _ in range(spec.num_distractors):
-        distractor = int(rng.integers(len(MOTIONS))) if motion else rng.integers(0, 2, size=spec.grid**2)
+        distractor = int(rng.integers(len(MOTIONS))) if motion else distractor_code(spec, rng)
         sprites.append((glyphs(distractor, spec.distractor_border), render_track(spec, rng)))
     sprites.append((glyphs(label if motion else class_codes(spec)[label], spec.target_border),
                     render_track(spec, rng)))
