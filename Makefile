@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export HYDRA_FULL_ERROR ?= 1
+# Python caches compiled bytecode in the venv on first import (installs use --no-compile). An environment that sets
+# PYTHONDONTWRITEBYTECODE would make every process (stage, worker, test subprocess) compile torch, Lightning, sympy
+# and scipy from source again on each start (docs/performance.md).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help install train seeds sweep report bench test test-full lint data clean clean-logs
 
