@@ -48,8 +48,8 @@ def _pool4(img: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- codes
 
 
-def test_codes_are_far_apart_and_balanced():
-    codes = S.class_codes(S.SyntheticSpec())
+def test_hamming_codes_are_far_apart_and_balanced():
+    codes = S.class_codes(S.SyntheticSpec(code_scheme="hamming"))
     assert codes.shape == (10, 16)
     dist = (codes[:, None] != codes[None]).sum(-1)
     assert dist[~np.eye(10, dtype=bool)].min() >= 8
@@ -70,8 +70,8 @@ def _named_by(codes: np.ndarray, region) -> int:
 
 
 def test_hamming_codes_are_named_by_any_half():
-    """The default codes are redundant: any half of the glyph, and mostly a quarter, names the class."""
-    codes = S.class_codes(S.SyntheticSpec())
+    """The 'hamming' codes are redundant: any half of the glyph, and mostly a quarter, names the class."""
+    codes = S.class_codes(S.SyntheticSpec(code_scheme="hamming"))
     assert all(_named_by(codes, region) == 10 for region in HALVES.values())
     assert all(_named_by(codes, region) >= 5 for region in QUARTERS.values())
 
@@ -304,3 +304,16 @@ def test_generate_accepts_field_overrides(tmp_path):
     assert S.read_meta(tmp_path / "ov")["spec"]["seed"] == 2
     with pytest.raises(TypeError):
         S.generate(tmp_path / "bad", workers=1, progress=False, no_such_field=1)
+
+
+def test_data_from_before_code_schemes_is_not_taken_for_the_quadrant_default(tiny_dir, tmp_path):
+    """A meta.json written before ``code_scheme`` existed describes hamming codes: it must not pass for today's
+    quadrant default (the data would be silently stale), and must still pass for an explicit hamming spec."""
+    meta = json.loads((tiny_dir / "meta.json").read_text())
+    assert meta["spec"]["code_scheme"] == "quadrant" and S._is_current(tiny_dir, TINY)
+    old = tmp_path / "old"
+    old.mkdir()
+    del meta["spec"]["code_scheme"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    assert not S._is_current(old, TINY)
+    assert S._is_current(old, S.SyntheticSpec(num_train=8, num_val=4, num_test=4, code_scheme="hamming"))

@@ -65,10 +65,11 @@ class SyntheticSpec:
     border: int = _f(2, "glyph border width in pixels")
     cell_size: int = _f(4, "side of one code cell in pixels")
     min_hamming: int = _f(8, "minimum pairwise Hamming distance between class codes ('hamming' codes)")
-    code_scheme: str = _f("hamming", "how the class codes are chosen: 'hamming' (balanced codes at min_hamming; any "
-                                     "half of the glyph names the class) or 'quadrant' (each quadrant of the code "
-                                     "grid shows one of three patterns, the codes are words of a parity code over "
-                                     "them: a quarter of the glyph leaves several classes open)")
+    code_scheme: str = _f("quadrant", "how the class codes are chosen: 'quadrant' (each quadrant of the code grid "
+                                      "shows one of three patterns and the codes are words of a parity code over "
+                                      "them: no quarter of the glyph names a class) or 'hamming' (balanced codes at "
+                                      "min_hamming, the benchmark before 2026-12: any half of the glyph names the "
+                                      "class, so random patches pool partial views)")
     num_distractors: int = _f(3, "dark-bordered distractor glyphs per video")
     speed_min: float = _f(2.0, "minimum glyph speed in px/frame")
     speed_max: float = _f(5.0, "maximum glyph speed in px/frame")
@@ -396,6 +397,10 @@ def build_meta(spec: SyntheticSpec) -> dict:
     }
 
 
+# the value a field had in effect before it existed, where that differs from its default today
+_FIELDS_BEFORE_THEY_EXISTED = {"code_scheme": "hamming"}
+
+
 def _is_current(out_dir: Path, spec: SyntheticSpec) -> bool:
     """True when ``meta.json`` exists and was written for this spec by this generator version."""
     try:
@@ -404,8 +409,9 @@ def _is_current(out_dir: Path, spec: SyntheticSpec) -> bool:
         return False
     if meta.get("generator_version") != GENERATOR_VERSION or not isinstance(meta.get("spec"), dict):
         return False
-    # a field added since (e.g. task) is missing from older metas, which were written with its default
-    return {**dataclasses.asdict(SyntheticSpec()), **meta["spec"]} == dataclasses.asdict(spec)
+    # a field added since (e.g. task) is missing from older metas, which were written with its default then
+    written = {**dataclasses.asdict(SyntheticSpec()), **_FIELDS_BEFORE_THEY_EXISTED, **meta["spec"]}
+    return written == dataclasses.asdict(spec)
 
 
 def _listed_videos(out_dir: Path) -> set[str]:
