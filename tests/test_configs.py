@@ -27,12 +27,28 @@ def test_every_experiment_and_stage_composes_and_resolves(experiment, stage):
     assert resolved["stage"]["module"]["net"] == resolved["model"]
 
 
+USER_DATA = ("videos", "frames")  # a user's own material: the folder and the class count are theirs to give
+
+
 @pytest.mark.parametrize("data", DATASETS)
 def test_every_data_config_builds_a_datamodule(data, tmp_path):
-    cfg = compose("train", [f"data={data}", f"paths.data_dir={tmp_path}"])
+    mine = [f"data.root={tmp_path}/mine", "data.num_classes=3"] if data in USER_DATA else []
+    cfg = compose("train", [f"data={data}", f"paths.data_dir={tmp_path}", *mine])
     dm = instantiate(cfg.data, _recursive_=False, _convert_="all")
     assert dm.num_classes == cfg.data.num_classes and dm.num_segments == cfg.data.num_segments
     assert str(dm.root).startswith(str(tmp_path))
+
+
+@pytest.mark.parametrize("data", USER_DATA)
+def test_user_data_configs_carry_no_synthetic_keys_and_ask_for_the_folder(data, tmp_path):
+    from omegaconf.errors import MissingMandatoryValue
+
+    cfg = compose("train", [f"data={data}"])
+    assert "synthetic" not in cfg.data and cfg.data.cache_dir is None and cfg.data.check_files == "probe"
+    with pytest.raises(MissingMandatoryValue, match="data.root"):
+        _ = cfg.data.root
+    with pytest.raises(MissingMandatoryValue, match="data.num_classes"):
+        _ = compose("train", [f"data={data}", f"data.root={tmp_path}"]).data.num_classes
 
 
 def test_a_logger_entry_without_target_is_an_error():

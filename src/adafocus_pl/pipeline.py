@@ -269,7 +269,10 @@ def main(argv: list[str] | None = None) -> Path:
         pipeline = Pipeline(cfg, jobs, workers, cores, in_workers)
         pipeline.say(f"{len(jobs)} steps, {count} at a time on {cores} CPU core(s); runs under "
                      f"{stage1_dir.parents[2]}")
-        synthetic.prepare(cfg.data)
+        try:
+            synthetic.prepare(cfg.data)
+        except synthetic.NotOwnedError as err:
+            raise SystemExit(f"error: {err}") from None
         pipeline.seconds["data"] = time.perf_counter() - pipeline.started
         pipeline.say(f"data: {cfg.data.root} ({pipeline.seconds['data']:.0f} s)")
         pipeline.run()

@@ -2,7 +2,8 @@
 epoch 37 with a stack trace. Each message names the config key, file or list line and says how to fix it.
 
 1. :func:`config_problems`: settings that would build a broken network or sampler (P, grid, T, batch size);
-2. :meth:`VideoDataModule.validate`: list files, classes file, empty splits and every listed video's files;
+2. :meth:`VideoDataModule.validate`: list files, classes file, empty splits and every listed video's files (for
+   the synthetic benchmark: :func:`generated_data_problems`, the generator must own its directory);
 3. :func:`checkpoint_problems`: the checkpoint a run resumes from (``ckpt_path``) must be readable and of this
    stage, patch size, class count, ... (``init_from`` is checked the same way when its weights are loaded).
 """
@@ -52,6 +53,14 @@ def config_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"model.grid_size={grid} leaves no patch candidates (the grid has grid_size^2 of them): "
                         f"use model.grid_size=7 (paper)")
     return problems
+
+
+def generated_data_problems(root) -> list[str]:
+    """The synthetic benchmark's generator may write into ``root`` (it refuses a directory it does not own)."""
+    from adafocus_pl.data.synthetic import ownership_problem  # lazy: only generated data needs it
+
+    problem = ownership_problem(root)
+    return [f"data.root: {problem}"] if problem else []
 
 
 def checkpoint_problems(ckpt_path: str | None, module) -> list[str]:

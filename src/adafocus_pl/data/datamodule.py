@@ -24,6 +24,7 @@ from adafocus_pl.data.datasets import (
     VideoFileDataset,
     resolve_under,
 )
+from adafocus_pl.data.listfile import read_text_lines
 from adafocus_pl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -35,9 +36,11 @@ from adafocus_pl.data.transforms import (
 log = logging.getLogger(__name__)
 
 KINDS = ("frames", "video")
-# validate(): "stat" looks at every listed file (first/last frame, video size), "decode" also decodes each video's
-# first and last frame (slow on large video datasets), "off" checks only the list files
-CHECK_FILES = ("stat", "decode", "off")
+# validate(): "stat" looks at every listed file (first/last frame, video size); "probe" also opens every video
+# file (a container with a video stream and a first packet, enough frames by its header: about a millisecond each);
+# "decode" also decodes each video's first and last frame (slow on large video datasets); "off" checks only the
+# list files. For frame folders "probe" and "decode" are "stat".
+CHECK_FILES = ("stat", "probe", "decode", "off")
 SHOWN = 10  # problems listed per split in validate()'s message
 SPLIT_MODES = {"train": "train", "val": "val", "test": "test"}
 
@@ -59,7 +62,9 @@ class VideoDataModule(pl.LightningDataModule):
 
     ``kind="frames"``: ``FrameFolderDataset`` (pre-extracted JPEGs, the release's default);
     ``kind="video"``: ``VideoFileDataset`` (PyAV). Lists and boxes files are relative to ``root`` or absolute.
-    ``decoder_threads=None`` → 1 decoder thread per worker when ``num_workers > 0`` (pitfall #14), else up to 4.
+    ``decoder_threads=None`` → 1 decoder thread per worker when ``num_workers > 0`` (FFmpeg's one thread per core
+    in every worker would oversubscribe the CPU), else up to 4. ``cache_dir``: the decode cache of video files
+    (:mod:`adafocus_pl.data.decode_cache`, bounded by ``cache_max_video_mb`` and ``cache_max_gb``).
     ``synthetic`` (a dict of ``SyntheticSpec`` overrides, possibly empty): ``prepare_data`` calls
     ``adafocus_pl.data.synthetic.generate(root, **synthetic)``, which renders the benchmark unless it is current.
     """
@@ -98,7 +103,9 @@ class VideoDataModule(pl.LightningDataModule):
         multiprocessing_context: str | None = None,
         cache_dir: str | None = None,
         on_bad_sample: str = "error",
-        check_files: str = "stat",
+        check_files: str = "probe",
+        cache_max_video_mb: float = 128,
+        cache_max_gb: float = 20,
     ):
         super().__init__()
         if kind not in KINDS:
@@ -137,6 +144,7 @@ class VideoDataModule(pl.LightningDataModule):
         self.multiprocessing_context = multiprocessing_context if self.num_workers > 0 else None
         # video kind only: decoded videos cached as .npy files (relative to root or absolute; None = off)
         self.cache_dir = None if cache_dir is None else resolve_under(self.root, cache_dir)
+        self.cache_bounds = {"cache_max_video_mb": float(cache_max_video_mb), "cache_max_gb": float(cache_max_gb)}
         self.datasets: dict[str, ClipDataset] = {}
         self.class_names: list[str] | None = None
 
@@ -157,7 +165,7 @@ class VideoDataModule(pl.LightningDataModule):
         if not path.is_file():
             log.warning("classes file %s not found: class names unavailable", path)
             return
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = [line.strip() for line in read_text_lines(path) if line.strip()]
         if len(names) != self.num_classes:
             raise ValueError(
                 f"classes file {path} (data.classes_file) lists {len(names)} classes but data.num_classes="
@@ -187,13 +195,14 @@ class VideoDataModule(pl.LightningDataModule):
             self.datasets[split] = dataset
             if self.check_files == "off":
                 continue
-            decode = {"decode": True} if self.check_files == "decode" and self.kind == "video" else {}
+            check = {"check": self.check_files} if self.kind == "video" else {}
             records = dataset.records
-            if decode and len(records) > 200:
+            if check and self.check_files != "stat" and len(records) > 200:
                 from tqdm.auto import tqdm
 
-                records = tqdm(records, desc=f"decoding the first and last frame of every {split} video", leave=False)
-            bad = [msg for msg in (dataset.file_problems(r, **decode) for r in records) if msg]
+                what = "opening" if self.check_files == "probe" else "decoding the first and last frame of"
+                records = tqdm(records, desc=f"{what} every {split} video", leave=False)
+            bad = [msg for msg in (dataset.file_problems(r, **check) for r in records) if msg]
             if not bad:
                 continue
             more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
@@ -253,7 +262,8 @@ class VideoDataModule(pl.LightningDataModule):
         )
         if self.kind == "frames":
             return FrameFolderDataset(frame_template=self.frame_template, first_index=self.first_index, **common)
-        return VideoFileDataset(decoder_threads=self.decoder_threads, cache_dir=self.cache_dir, **common)
+        return VideoFileDataset(decoder_threads=self.decoder_threads, cache_dir=self.cache_dir, **self.cache_bounds,
+                                **common)
 
     def setup(self, stage: str | None = None) -> None:
         splits = {

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from adafocus_pl.data.decode_cache import DecodeCache
 from adafocus_pl.data.listfile import VideoRecord, parse_list_file, resolve_under
 from adafocus_pl.data.sampling import GlanceFocusSampler, SegmentSampler
 
@@ -52,7 +53,7 @@ def load_boxes_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"boxes file {path} does not exist: set data.boxes to null or to an existing file")
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # -sig: a byte-order mark (Windows editors) is not JSON
         raw = json.load(handle)
     boxes = {}
     for key, rows in raw.items():
@@ -93,7 +94,10 @@ class ClipDataset(Dataset):
                 f"data root {self.root} does not exist: set data.root (or paths.data_dir) to the folder that holds "
                 f"the videos/frame folders named in the list file"
             )
-        if isinstance(list_file, (list, tuple)):  # records given directly (e.g. one video to predict on)
+        # records given directly (e.g. the videos to predict on): messages name the file only, without list lines
+        # or the training run's data.on_bad_sample hint
+        self.from_list = not isinstance(list_file, (list, tuple))
+        if not self.from_list:
             self.list_file, self.records, self.num_dropped = Path("<records>"), list(list_file), 0
         else:
             self.list_file = resolve_under(self.root, list_file)
@@ -108,6 +112,7 @@ class ClipDataset(Dataset):
             num_classes = 1 + max(label for record in self.records for label in record.labels)
             log.info("%s: num_classes not given, using %d (largest label + 1)", self.list_file, num_classes)
         self.num_classes = int(num_classes)
+        self.min_frames = int(min_frames)
         # AdaFocus-TSM: separate focus frames, read with the glance frames and given the very same crop
         self.num_segments, self.num_focus_segments = int(num_segments), num_focus_segments
         self.sampler = (SegmentSampler(num_segments, mode) if num_focus_segments is None
@@ -163,8 +168,22 @@ class ClipDataset(Dataset):
         return self.boxes[[start + i for i in indices]]
 
     def describe(self, record: VideoRecord) -> str:
-        """``<root>/<path> (list line N of <list file>)``: how messages name a video."""
+        """``<root>/<path> (list line N of <list file>)``: how messages name a video (the path alone for records
+        given directly)."""
+        if not self.from_list:
+            return str(self.root / record.path)
         return f"{self.root / record.path} (list line {record.line} of {self.list_file})"
+
+    def too_short(self, record: VideoRecord, num_frames: int) -> str | None:
+        """The message for a video with fewer than ``min_frames`` frames, or None. The same rule as the list
+        files' frame counts (the release drops videos under 3 frames), applied where the count is only known
+        from the video itself."""
+        if num_frames >= self.min_frames:
+            return None
+        fix = "remove its line, set data.on_bad_sample=skip, or lower data.min_frames" if self.from_list else \
+            "videos this short are not used for training or evaluation either (data.min_frames)"
+        return (f"{self.describe(record)} has {num_frames} frame(s), fewer than data.min_frames={self.min_frames}: "
+                f"{fix}")
 
     def file_problems(self, record: VideoRecord) -> str | None:
         """A cheap check, before training, of the files a record needs (no decoding): a message, or None."""
@@ -192,7 +211,8 @@ class ClipDataset(Dataset):
                 return position, frames, self._boxes_for(record, indices) if self.boxes is not None else None
             except LOAD_ERRORS as err:
                 if self.on_bad_sample == "error":
-                    err.add_note("(data.on_bad_sample=skip skips videos that fail to load, logging each once)")
+                    if self.from_list:
+                        err.add_note("(data.on_bad_sample=skip skips videos that fail to load, logging each once)")
                     raise
                 if not bool(self._bad[position]):
                     self._bad[position] = True
@@ -239,21 +259,6 @@ class ClipDataset(Dataset):
         out = self.sample(index)
         self._loading[self._worker_slot] = -1
         return out
-
-
-def cached_clip_path(cache_dir: str | os.PathLike, video_path: str | os.PathLike) -> Path:
-    """Where ``VideoFileDataset`` keeps the decoded frames of the video at ``video_path`` (relative to the data
-    root): ``cache_dir/<video path without extension>.npy``."""
-    return Path(cache_dir) / (Path(video_path).with_suffix("").as_posix() + ".npy")
-
-
-def write_cached_clip(path: Path, video: np.ndarray) -> None:
-    """Write decoded frames uint8 ``[F, H, W, 3]`` to ``path`` atomically (a temp file beside it, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, video)
-    os.replace(tmp, path)
 
 
 def _shared(tensor: torch.Tensor) -> torch.Tensor:
@@ -341,7 +346,10 @@ class FrameFolderDataset(ClipDataset):
             raise RuntimeError(f"cannot decode frame {path} ({err}); re-extract this video with {EXTRACT_HINT}") from err
 
     def read_clip(self, record: VideoRecord, generator: torch.Generator | None) -> tuple[torch.Tensor, list[int]]:
-        indices = self.sampler(self.num_frames(record), generator)
+        count = self.num_frames(record)
+        if short := self.too_short(record, count):  # counted from the folder (a `video`-format list)
+            raise ValueError(short)
+        indices = self.sampler(count, generator)
         decoded = {i: self._read_frame(record, i) for i in sorted(set(indices))}  # repeats decoded once
         try:
             return torch.stack([decoded[i] for i in indices]), indices
@@ -366,16 +374,22 @@ def _decode_image_file(path: Path) -> torch.Tensor:
 
 
 class VideoFileDataset(ClipDataset):
-    """Encoded videos (mp4/webm/avi/...) decoded with PyAV: video stream only, only the frames the clip needs.
+    """Encoded videos (mp4/webm/avi/mov/...) decoded with PyAV: video stream only, only the frames the clip needs.
 
     - The frame count comes from the list when it has one, else from the container header, else by counting
       packets once; counts are cached in a shared-memory tensor (visible across DataLoader workers and epochs).
-    - Decoding stops after the last needed frame. Frames are decoded in order, except that the decoder seeks to
-      the keyframe before a needed frame when that frame lies more than ``max(seek_min_gap, observed GOP
-      length)`` frames past the decoder's position (videos longer than ``seek_min_gap`` frames only; there the
-      frame index comes from the timestamp, ``round((pts - start) * time_base * fps)``, else from counting).
+      A video with fewer than ``min_frames`` frames is refused, as the list files' counts are.
+    - One sampling rule for every video, constant or variable frame rate: frame ``i`` is the frame on screen at
+      ``i / average_fps`` after the stream's start (its index from its timestamp, ``round((pts - start) *
+      time_base * fps)``); frames without timestamps are counted. For a constant frame rate this is the i-th
+      decoded frame; for a variable one it samples time uniformly, the same whether the decoder seeks or not.
+    - Decoding stops after the last needed frame. Frames are decoded in order, except that in videos longer than
+      ``seek_min_gap`` frames the decoder seeks to the keyframe before a needed frame when that frame lies more
+      than ``max(seek_min_gap, observed GOP length)`` frames past the decoder's position.
+    - The container's display rotation (phone videos) is applied: frames come out upright, as a player shows them.
     - Decoder threads are capped at ``decoder_threads`` (FFmpeg's default is one per core; with DataLoader
-      workers that oversubscribes the CPU, pitfall #14).
+      workers that oversubscribes the CPU).
+    - ``cache_dir``: every frame of a video decoded once into a bounded cache (:mod:`adafocus_pl.data.decode_cache`).
     """
 
     def __init__(
@@ -394,32 +408,56 @@ class VideoFileDataset(ClipDataset):
         cache_dir: str | os.PathLike | None = None,
         num_focus_segments: int | None = None,
         on_bad_sample: str = "error",
+        cache_max_video_mb: float = 128,
+        cache_max_gb: float = 20,
     ):
         super().__init__(root, list_file, list_format, num_segments, mode, transform, num_classes, boxes_file,
                          min_frames, num_focus_segments, on_bad_sample)
-        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.cache = None if cache_dir is None else DecodeCache(cache_dir, cache_max_video_mb, cache_max_gb)
         self.decoder_threads = max(1, int(decoder_threads))
         self.seek_min_gap = int(seek_min_gap)
         self._counts = _shared(torch.full((len(self.records),), -1, dtype=torch.int64))
         self._slot = {record.line: i for i, record in enumerate(self.records)}  # survives pickling to workers
-        self._mapped: dict[str, np.ndarray] = {}  # cache_dir's files, memory-mapped by this process
 
     def video_path(self, record: VideoRecord) -> Path:
         return self.root / record.path
 
-    def file_problems(self, record: VideoRecord, decode: bool = False) -> str | None:
-        """Missing or empty file; with ``decode``, also a file whose first or last frame does not decode, or that
-        ends well before its frame count (slower)."""
+    def file_problems(self, record: VideoRecord, check: str = "stat") -> str | None:
+        """What is wrong with a record's file before training (None: nothing found). ``check``: ``stat`` (present,
+        not empty), ``probe`` (also opens it: a container with a video stream, a first packet, enough frames by
+        its header), ``decode`` (also decodes the first and the last frame, and fails a stream that ends well
+        before its frame count: slower)."""
         path = self.video_path(record)
         if not path.is_file():
             return f"video file {self.describe(record)} does not exist"
         if path.stat().st_size == 0:
             return f"video file {self.describe(record)} is empty (0 bytes): download it again"
-        if decode:
+        if check == "probe":
+            return self._probe(record)
+        if check == "decode":
             try:
                 self._read_clip_decoded(record, None, probe=True)
             except LOAD_ERRORS as err:
                 return str(err)
+        return None
+
+    def _probe(self, record: VideoRecord) -> str | None:
+        import av
+
+        try:
+            with av.open(str(self.video_path(record))) as container:
+                if not container.streams.video:
+                    kinds = sorted({s.type for s in container.streams}) or ["none"]
+                    return (f"{self.describe(record)} has no video stream (streams: {', '.join(kinds)}): it is "
+                            f"not a video; remove its line or replace the file")
+                stream = container.streams.video[0]
+                count = record.num_frames if record.num_frames is not None else int(stream.frames or 0)
+                if count and (short := self.too_short(record, count)):  # webm/mkv headers have no count (0)
+                    return short
+                if next((p for p in container.demux(stream) if p.size), None) is None:
+                    return f"{self.describe(record)} has a video stream without frames (an empty or failed encode)"
+        except (av.FFmpegError, OSError) as err:
+            return f"cannot open video {self.describe(record)}: {_av_reason(err)}. {DECODE_HINT}"
         return None
 
     def _open(self, record: VideoRecord):
@@ -434,7 +472,7 @@ class VideoFileDataset(ClipDataset):
         container = av.open(str(path))
         if not container.streams.video:
             container.close()
-            raise RuntimeError(f"{path} has no video stream")
+            raise RuntimeError(f"{path} has no video stream (audio only, or not a video)")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if self.decoder_threads > 1 else "SLICE"
         stream.codec_context.thread_count = self.decoder_threads
@@ -462,64 +500,60 @@ class VideoFileDataset(ClipDataset):
             return self._frame_count(record, container, stream)
 
     def read_clip(self, record: VideoRecord, generator: torch.Generator | None) -> tuple[torch.Tensor, list[int]]:
-        if self.cache_dir is not None:
-            return self._read_clip_cached(record, generator)
+        if self.cache is not None:
+            video = self.cache.lookup(record.path, self.video_path(record)) if self.video_path(record).is_file() \
+                else None
+            if video is not None:
+                if short := self.too_short(record, len(video)):
+                    raise ValueError(short)
+                indices = self.sampler(len(video), generator)
+                return torch.from_numpy(np.ascontiguousarray(video[indices])).permute(0, 3, 1, 2), indices
         return self._read_clip_decoded(record, generator)
 
-    def _read_clip_cached(self, record: VideoRecord, generator: torch.Generator | None):
-        """Decode the whole video once into ``cache_dir/<key>.npy`` (uint8 ``[F, H, W, 3]``); later epochs, stages
-        and workers sample from that file. Worth it for small videos read many times (the synthetic benchmark:
-        ~13 ms to decode vs ~0.2 ms to load); the file is written atomically, so concurrent workers are safe."""
-        video = self._mapped.get(record.path)
-        cached = None if video is not None else cached_clip_path(self.cache_dir, record.path)
-        if cached is not None and cached.is_file():
-            # mapped once per process and kept: later epochs index it directly and read only the sampled frames
-            video = self._mapped[record.path] = np.asarray(np.load(cached, mmap_mode="r"))
-        elif cached is not None:
-            frames, _ = self._read_clip_decoded(record, None, all_frames=True)
-            video = frames.permute(0, 2, 3, 1).contiguous().numpy()
-            write_cached_clip(cached, video)
-        indices = self.sampler(len(video), generator)
-        return torch.from_numpy(np.ascontiguousarray(video[indices])).permute(0, 3, 1, 2), indices
-
-    def _read_clip_decoded(self, record: VideoRecord, generator: torch.Generator | None, all_frames: bool = False,
-                           probe: bool = False):
-        """``probe``: decode only the first and the last frame, and fail if the stream ends well before the frame
+    def _read_clip_decoded(self, record: VideoRecord, generator: torch.Generator | None, probe: bool = False):
+        """Decode the sampled frames (with a cache that admits this video: every frame, stored, then sampled).
+        ``probe``: decode only the first and the last frame, and fail if the stream ends well before the frame
         count (a truncated file) instead of repeating its last frame."""
         import av
 
+        cache_all = False
         try:
             container, stream = self._open(record)  # an unreadable file fails here already
             with container:
                 num_frames = self._frame_count(record, container, stream)
                 if num_frames < 1:
                     raise RuntimeError("the video has no frames (an empty or failed encode)")
+                if short := self.too_short(record, num_frames):
+                    raise ValueError(short)
                 if probe:
                     indices = sorted({0, num_frames - 1})
                 else:
-                    indices = list(range(num_frames)) if all_frames else self.sampler(num_frames, generator)
+                    size = num_frames * stream.codec_context.width * stream.codec_context.height * 3
+                    cache_all = self.cache is not None and self.cache.admits(size, str(self.video_path(record)))
+                    indices = list(range(num_frames)) if cache_all else self.sampler(num_frames, generator)
                 decoded = self._decode(container, stream, indices, num_frames, strict=probe)
         except (av.FFmpegError, OSError, RuntimeError) as err:
             if isinstance(err, FileNotFoundError):
                 raise
-            reason = ("the file ends before its first video frame (empty or truncated)"
-                      if isinstance(err, av.EOFError) else err)
-            raise RuntimeError(
-                f"cannot decode video {self.describe(record)}: {reason}. Check that it "
-                f"plays (ffprobe), re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4), or extract frames with "
-                f"{EXTRACT_HINT} and use data.kind=frames"
-            ) from err
-        return torch.stack([decoded[i] for i in indices]), indices
+            raise RuntimeError(f"cannot decode video {self.describe(record)}: {_av_reason(err)}. {DECODE_HINT}") \
+                from err
+        frames = torch.stack([decoded[i] for i in indices])
+        if cache_all:
+            self.cache.store(record.path, self.video_path(record), frames.permute(0, 2, 3, 1).contiguous().numpy())
+            indices = self.sampler(num_frames, generator)
+            frames = frames[indices]
+        return frames, indices
 
     def _decode(self, container, stream, indices: list[int], num_frames: int,
                 strict: bool = False) -> dict[int, torch.Tensor]:
-        """Decode the frames ``indices`` (0-based); frames past the real end repeat the last decoded frame (an
-        error with ``strict``)."""
+        """Decode the frames ``indices`` (0-based, the class docstring's rule); frames past the real end repeat the
+        last decoded frame (an error with ``strict``)."""
         targets = sorted(set(indices))
         rate, time_base = stream.average_rate or stream.guessed_rate, stream.time_base
         start = stream.start_time or 0
-        can_seek = bool(rate) and bool(time_base) and num_frames > self.seek_min_gap
-        pts_per_frame = Fraction(1) / (Fraction(rate) * Fraction(time_base)) if can_seek else None
+        timed = bool(rate) and bool(time_base)  # frame indices from timestamps
+        can_seek = timed and num_frames > self.seek_min_gap
+        pts_per_frame = Fraction(1) / (Fraction(rate) * Fraction(time_base)) if timed else None
 
         out: dict[int, torch.Tensor] = {}
         frames = None  # the decode generator, resumed between targets
@@ -535,7 +569,7 @@ class VideoFileDataset(ClipDataset):
             elif frames is None:
                 frames = container.decode(stream)
             for frame in frames:
-                if can_seek and frame.pts is not None:
+                if timed and frame.pts is not None:
                     pos = int(round((frame.pts - start) / pts_per_frame))
                 else:
                     pos += 1
@@ -563,6 +597,18 @@ class VideoFileDataset(ClipDataset):
         return out
 
 
+DECODE_HINT = (f"Check that it plays (ffprobe), re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4), or extract frames "
+               f"with {EXTRACT_HINT} and use data.kind=frames")
+
+
+def _av_reason(err: BaseException) -> str:
+    import av
+
+    if isinstance(err, av.EOFError):
+        return "the file ends before its first video frame (empty or truncated)"
+    return str(err)
+
+
 _reformatters: dict[int, object] = {}  # one per process (pid): reuses the swscale context
 
 
@@ -577,4 +623,24 @@ def _to_tensor(frame) -> torch.Tensor:
         from av.video.reformatter import VideoReformatter
 
         reformatter = _reformatters[os.getpid()] = VideoReformatter()
-    return torch.from_numpy(reformatter.reformat(frame, format="rgb24").to_ndarray()).permute(2, 0, 1)
+    image = torch.from_numpy(reformatter.reformat(frame, format="rgb24").to_ndarray()).permute(2, 0, 1)
+    turns = quarter_turns(frame)
+    return torch.rot90(image, turns, dims=(1, 2)) if turns else image
+
+
+def quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show ``frame`` upright: the container's display rotation (a phone
+    records landscape frames and stores how to turn them). A rotation by other angles, or a mirrored display,
+    is refused rather than read wrong."""
+    rotation = frame.rotation  # degrees counter-clockwise, from the frame's display matrix (0 without one)
+    for side in frame.side_data:
+        if side.type.name == "DISPLAYMATRIX":
+            m = np.frombuffer(bytes(side), dtype="<i4")[:9].astype(np.int64)
+            if m[0] * m[4] - m[1] * m[3] < 0:
+                raise RuntimeError("its display matrix mirrors the image, which is not supported: re-encode it "
+                                   "upright (ffmpeg -i IN -c:v libx264 OUT.mp4 applies the display matrix)")
+    turns, rest = divmod(int(rotation), 90)
+    if rest:
+        raise RuntimeError(f"its display matrix rotates it by {rotation} degrees, not a multiple of 90: re-encode "
+                           f"it upright (ffmpeg -i IN -c:v libx264 OUT.mp4 applies the rotation)")
+    return turns % 4

@@ -1,9 +1,10 @@
 """Extract JPEG frames from a tree of videos and write an official list file (facts page, "Data").
 
     python -m adafocus_pl.data.extract_frames SRC_DIR OUT_DIR [--height 360] [--fps F] [--labels LIST]
-        [--format comma|space] [--template image_{:05d}.jpg] [--quality 95] [--workers N]
+        [--format comma|space] [--list list.txt] [--template image_{:05d}.jpg] [--quality 95] [--workers N]
 
-Writes ``OUT_DIR/<video path relative to SRC_DIR, without extension>/<template>`` (1-based) and ``OUT_DIR/list.txt``
+Writes ``OUT_DIR/<video path relative to SRC_DIR, without extension>/<template>`` (1-based, upright: a display
+rotation is applied) and ``OUT_DIR/list.txt`` (``--list`` names it otherwise)
 (``path,num_frames,label[,label...]`` or ``path num_frames label``). Labels come from ``--labels`` (a ``video``
 list ``path label[,label...]``, paths relative to SRC_DIR) or else from each video's parent folder name
 (class-per-folder layout; classes sorted by name, written to ``OUT_DIR/classes.txt``).
@@ -23,7 +24,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SEARCH_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv")  # a subset of adafocus_pl.data.VIDEO_EXTENSIONS
+SEARCH_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 MARKER = ".extracted.json"
 
 
@@ -67,6 +68,12 @@ def extract_video(
     """Decode ``src`` into ``out_dir``; return the number of frames written (skip if already done)."""
     import av
     from av.video.reformatter import VideoReformatter
+    from PIL import Image
+
+    from adafocus_pl.data.datasets import quarter_turns
+
+    # counter-clockwise quarter turns -> PIL's transpose
+    transposes = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 
     marker = out_dir / MARKER
     if marker.is_file():
@@ -77,11 +84,18 @@ def extract_video(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = 1  # parallelism comes from --workers
-        width, out_height = _output_size(stream.codec_context.width, stream.codec_context.height, height)
         reformatter = VideoReformatter()  # one swscale context for the whole video (per-frame ones are slow)
         for frame in _resampled(container.decode(stream), fps, stream.average_rate):
-            rgb = reformatter.reformat(frame, width=width, height=out_height, format="rgb24", interpolation="AREA")
+            # frames are written upright, as a player shows them (a phone's display rotation applied)
+            turns = quarter_turns(frame)
+            coded_w, coded_h = frame.width, frame.height
+            shown_w, shown_h = (coded_h, coded_w) if turns % 2 else (coded_w, coded_h)
+            out_w, out_h = _output_size(shown_w, shown_h, height)
+            scaled_w, scaled_h = (out_h, out_w) if turns % 2 else (out_w, out_h)
+            rgb = reformatter.reformat(frame, width=scaled_w, height=scaled_h, format="rgb24", interpolation="AREA")
             image = rgb.to_image()
+            if turns:
+                image = image.transpose(transposes[turns])
             count += 1
             image.save(out_dir / template.format(count), quality=quality)
     if count == 0:
@@ -137,14 +151,17 @@ def _progress(outcomes, progress):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m adafocus_pl.data.extract_frames",
-        description="Extract JPEG frames from videos under SRC_DIR into OUT_DIR and write OUT_DIR/list.txt.",
+        description="Extract JPEG frames from videos under SRC_DIR into OUT_DIR and write OUT_DIR/list.txt "
+                    "(--list).",
     )
-    parser.add_argument("src_dir", type=Path, help="folder searched recursively for mp4/webm/avi/mkv")
+    parser.add_argument("src_dir", type=Path, help="folder searched recursively for mp4/webm/avi/mkv/mov/m4v")
     parser.add_argument("out_dir", type=Path, help="output folder (frames, list.txt, classes.txt)")
     parser.add_argument("--height", type=int, default=None, help="resize to this height, aspect kept (release: 360)")
     parser.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: native)")
     parser.add_argument("--labels", type=Path, default=None, help="'path label[,label...]' list (else: folders)")
-    parser.add_argument("--format", choices=("comma", "space"), default="comma", help="list.txt format")
+    parser.add_argument("--format", choices=("comma", "space"), default="comma", help="list file format")
+    parser.add_argument("--list", default="list.txt", help="name of the list file written in OUT_DIR (e.g. "
+                                                           "train.txt with --labels train.txt)")
     parser.add_argument("--template", default="image_{:05d}.jpg", help="frame file name, 1-based index")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
@@ -194,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(format_row(rel.with_suffix("").as_posix(), results[rel], labels[rel.as_posix()], args.format))
         except ValueError as err:
             failures.append((rel, str(err)))
-    (args.out_dir / "list.txt").write_text("".join(f"{row}\n" for row in rows), encoding="utf-8")
-    log.info("wrote %d videos to %s", len(rows), args.out_dir / "list.txt")
+    (args.out_dir / args.list).write_text("".join(f"{row}\n" for row in rows), encoding="utf-8")
+    log.info("wrote %d videos to %s", len(rows), args.out_dir / args.list)
     for rel, error in failures:
         log.error("failed: %s (%s)", rel, error)
     return 1 if failures else 0

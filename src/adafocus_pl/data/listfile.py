@@ -25,6 +25,16 @@ def resolve_under(root: str | os.PathLike, path: str | os.PathLike) -> Path:
 
 LIST_FORMATS = ("comma", "space", "video")
 
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (lists, class names); a leading byte-order mark, as Windows editors write
+    it, is dropped instead of becoming part of the first path. Another encoding is an error naming the file."""
+    try:
+        return path.read_text(encoding="utf-8-sig").split("\n")  # only newlines end a line (not U+2028 ...)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8 (in most "
+                         f"editors: 'Save as', encoding UTF-8)") from None
+
 _EXPECTED = {
     "comma": "'path,num_frames,label[,label...]' with integer num_frames >= 0 and labels >= 0",
     "space": "'path num_frames label' (last two whitespace fields are integers; the path may contain spaces)",
@@ -94,8 +104,8 @@ def parse_list_file(
 ) -> tuple[list[VideoRecord], int]:
     """Read a list file; return the kept records and how many were dropped for having < ``min_frames`` frames.
 
-    The release drops videos with fewer than 3 frames (facts page, "Data"). Rows of the ``video`` format carry no
-    frame count, so none is dropped here (the sampler repeats the last frame of short videos).
+    The release drops videos with fewer than 3 frames. Rows of the ``video`` format carry no frame count: their
+    videos are held to ``min_frames`` when they are opened (the preflight's probe, or loading), and refused.
     A malformed row, or a label outside ``[0, num_classes)`` when ``num_classes`` is given, raises ``ValueError``
     naming the file and the 1-based line.
     """
@@ -108,26 +118,25 @@ def parse_list_file(
         )
     records: list[VideoRecord] = []
     dropped = 0
-    with path.open(encoding="utf-8") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            text = raw.strip()
-            if not text or text.startswith("#"):
-                continue
-            try:
-                video_path, num_frames, labels = _parse_line(text, fmt)
-            except ValueError as err:
+    for lineno, raw in enumerate(read_text_lines(path), start=1):
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            video_path, num_frames, labels = _parse_line(text, fmt)
+        except ValueError as err:
+            raise ValueError(
+                f"{path}:{lineno}: malformed {fmt!r} list line {text!r} ({err}); expected {_EXPECTED[fmt]}"
+            ) from None
+        if num_classes is not None:
+            bad = [label for label in labels if label >= num_classes]
+            if bad:
                 raise ValueError(
-                    f"{path}:{lineno}: malformed {fmt!r} list line {text!r} ({err}); expected {_EXPECTED[fmt]}"
-                ) from None
-            if num_classes is not None:
-                bad = [label for label in labels if label >= num_classes]
-                if bad:
-                    raise ValueError(
-                        f"{path}:{lineno}: label(s) {bad} outside [0, {num_classes}) in line {text!r}; "
-                        f"fix num_classes in the data config or the list file"
-                    )
-            if num_frames is not None and num_frames < min_frames:
-                dropped += 1
-                continue
-            records.append(VideoRecord(video_path, num_frames, labels, lineno))
+                    f"{path}:{lineno}: label(s) {bad} outside [0, {num_classes}) in line {text!r}; "
+                    f"fix num_classes in the data config or the list file"
+                )
+        if num_frames is not None and num_frames < min_frames:
+            dropped += 1
+            continue
+        records.append(VideoRecord(video_path, num_frames, labels, lineno))
     return records, dropped

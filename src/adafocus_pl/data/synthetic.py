@@ -372,9 +372,9 @@ def _make_video(task: tuple[str, int, int], spec: SyntheticSpec, out_dir: Path,
     name = f"videos/{split}/{index:06d}.mp4"
     write_video(out_dir / name, frames, spec.fps)
     if decoded_dir is not None:  # the lossless encode decodes to exactly these frames: no need to decode it later
-        from adafocus_pl.data.datasets import cached_clip_path, write_cached_clip
+        from adafocus_pl.data.decode_cache import entry_path, write_entry
 
-        write_cached_clip(cached_clip_path(decoded_dir, name), frames)
+        write_entry(entry_path(decoded_dir, name, out_dir / name), frames)
     return boxes.tolist()
 
 
@@ -441,6 +441,42 @@ def _dir_bytes(out_dir: Path) -> int:
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
+OWNER_MARKER = ".adafocus-synthetic"  # written first into a directory the generator makes its own
+
+
+class NotOwnedError(ValueError):
+    """The generator was pointed at a directory holding files it did not write."""
+
+
+def ownership_problem(out_dir: str | Path) -> str | None:
+    """Why the generator must not write into ``out_dir`` (None: it may). It writes only into a missing or empty
+    directory, or one it marked as its own; a benchmark from before the marker existed is recognised by its
+    ``meta.json``. Anything else may be a user's own data, whose lists and files it would overwrite."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        return f"data root {out_dir} is a file, not a directory: give the synthetic benchmark a directory (data.root)"
+    if (out_dir / OWNER_MARKER).is_file():
+        return None
+    try:
+        if read_meta(out_dir).get("generator") == "adafocus_pl.data.synthetic":
+            return None
+    except (OSError, ValueError):
+        pass
+    ours = ("train.txt", "val.txt", "test.txt", "classes.txt", "videos")  # what it would overwrite: named first
+    entries = sorted((p.name for p in out_dir.iterdir()), key=lambda name: (name not in ours, name))
+    if not entries:
+        return None
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    return (f"{out_dir} holds files the synthetic benchmark's generator did not write ({shown}), so it refuses to "
+            f"write there (it would replace list files such as train.txt). To train on your own videos in that "
+            f"directory use data=videos data.root={out_dir} (data=frames for frame folders; README, 'Train on your "
+            f"own videos'); "
+            f"to generate the benchmark, give it an empty or new directory (data.root=..., or --out for "
+            f"python -m adafocus_pl.data.synthetic)")
+
+
 def generate(
     out_dir: str | Path,
     spec: SyntheticSpec | None = None,
@@ -453,7 +489,8 @@ def generate(
     """Generate the benchmark into ``out_dir`` (skipped when up to date unless ``force``); return a summary.
 
     ``overrides`` replace fields of ``spec`` (default `SyntheticSpec()`), e.g. ``generate(root, num_train=24)``.
-    Only our own files are written (and our own stale videos removed); anything else in ``out_dir`` is kept.
+    Writes only into a directory it owns (:func:`ownership_problem`, else :class:`NotOwnedError`); there only our
+    own files are written (and our own stale videos removed), anything else in ``out_dir`` is kept.
     ``decoded_dir``: also store every video's frames where ``VideoFileDataset(cache_dir=decoded_dir)`` reads
     them, so training never decodes them (the data config's ``cache_dir``).
     """
@@ -464,7 +501,12 @@ def generate(
         print(f"synthetic benchmark in {out_dir} matches the spec: skipped (use --force to regenerate)")
         return {"out_dir": str(out_dir), "skipped": True, "seconds": time.perf_counter() - start}
 
+    problem = ownership_problem(out_dir)
+    if problem:
+        raise NotOwnedError(problem)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / OWNER_MARKER).write_text("This directory was made by adafocus_pl.data.synthetic, which may rewrite "
+                                        "the files it lists in meta.json.\n")
     previous = _listed_videos(out_dir)
     (out_dir / "meta.json").unlink(missing_ok=True)  # written last: a half-done directory is never "current"
     tasks = [(s, i, int(lab)) for s in SPLITS for i, lab in enumerate(split_labels(spec, s))]
@@ -553,7 +595,10 @@ def main(argv: list[str] | None = None) -> dict:
         spec = SyntheticSpec(**args)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
-    return generate(out, spec, workers=workers, force=force)
+    try:
+        return generate(out, spec, workers=workers, force=force)
+    except NotOwnedError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from adafocus_pl.preflight import checkpoint_problems, config_problems, raise_if
+from adafocus_pl.preflight import checkpoint_problems, config_problems, generated_data_problems, raise_if
 from adafocus_pl.stages.guards import ReportSkippedVideos, StopOnNonFiniteLoss
 from adafocus_pl.stages.progress import ProgressFile
 from adafocus_pl.utils.allocator import keep_freed_memory
@@ -53,8 +53,10 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
         raise_if(config_problems(cfg))  # before anything is built: a bad P or T fails here, by key
         # plain containers, not OmegaConf objects: checkpoints stay loadable with torch.load(weights_only=True)
         datamodule = instantiate(cfg.data, _recursive_=False, _convert_="all")
-        if datamodule.synthetic is None:  # generated data is checked by its generator (and may not exist yet)
+        if datamodule.synthetic is None:
             raise_if(datamodule.validate())
+        else:  # generated data is checked by its generator (and may not exist yet), which must own its directory
+            raise_if(generated_data_problems(datamodule.root))
         module = instantiate(cfg.stage.module, _recursive_=False, _convert_="all")
 
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
