@@ -32,3 +32,23 @@ def test_the_generator_writes_the_cache_the_dataset_reads(tmp_path):
     assert len(list((tmp_path / "data" / ".decoded").rglob("*.npy"))) == 8  # every split, before any read
     for i in range(len(decoded)):
         assert torch.equal(cached[i]["frames"], decoded[i]["frames"])
+
+
+def test_entries_of_the_first_cache_naming_are_renamed_not_decoded_again(tmp_path):
+    """A benchmark generated when entries were named by the path alone (videos/train/000000.npy) keeps them:
+    the generator renames them to the current keys, and the dataset reads them without decoding."""
+    from adafocus_pl.data.decode_cache import _ENTRY
+    from adafocus_pl.data.synthetic import SyntheticSpec, generate
+
+    spec = SyntheticSpec(num_train=3, num_val=1, num_test=1)
+    data, decoded = tmp_path / "data", tmp_path / "data" / ".decoded"
+    generate(data, spec, workers=1, progress=False, decoded_dir=decoded)
+    for entry in decoded.rglob("*.npy"):  # back to the first naming
+        entry.rename(entry.parent / (_ENTRY.match(entry.name)["name"].removesuffix(".mp4") + ".npy"))
+    generate(data, spec, workers=1, progress=False, decoded_dir=decoded)  # current: skipped, entries renamed
+    names = sorted(p.name for p in decoded.rglob("*.npy"))
+    assert len(names) == 5 and all(_ENTRY.match(n) for n in names)
+    cached = VideoFileDataset(cache_dir=decoded, root=data, list_file="train.txt", num_segments=8, mode="val",
+                              transform=ClipEvalTransform(96, 96), num_classes=10)
+    cached._read_clip_decoded = None  # any decoding would fail: every clip must come from the renamed entries
+    assert all(cached[i]["frames"].shape == (8, 3, 96, 96) for i in range(3))

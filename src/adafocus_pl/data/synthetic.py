@@ -477,6 +477,17 @@ def ownership_problem(out_dir: str | Path) -> str | None:
             f"python -m adafocus_pl.data.synthetic)")
 
 
+def _rename_old_cache_entries(out_dir: Path, decoded_dir: Path) -> None:
+    """Decoded frames stored under the cache's first naming (``videos/<split>/NNNNNN.npy``, keyed by the path
+    alone) get the name the cache now reads: they hold exactly the frames of our videos."""
+    from adafocus_pl.data.decode_cache import entry_path
+
+    for old in decoded_dir.glob("videos/*/*.npy"):
+        name = old.relative_to(decoded_dir).with_suffix(".mp4").as_posix()
+        if _VIDEO_NAME.match(name) and (out_dir / name).is_file():
+            old.rename(entry_path(decoded_dir, name, out_dir / name))
+
+
 def generate(
     out_dir: str | Path,
     spec: SyntheticSpec | None = None,
@@ -498,6 +509,8 @@ def generate(
     out_dir = Path(out_dir)
     start = time.perf_counter()
     if not force and _is_current(out_dir, spec):
+        if decoded_dir is not None:
+            _rename_old_cache_entries(out_dir, Path(decoded_dir))
         print(f"synthetic benchmark in {out_dir} matches the spec: skipped (use --force to regenerate)")
         return {"out_dir": str(out_dir), "skipped": True, "seconds": time.perf_counter() - start}
 
