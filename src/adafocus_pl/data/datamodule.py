@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 
 KINDS = ("frames", "video")
 # validate(): "stat" looks at every listed file (first/last frame, video size); "probe" also opens every video
-# file (a container with a video stream and a first packet, enough frames by its header: about a millisecond each);
-# "decode" also decodes each video's first and last frame (slow on large video datasets); "off" checks only the
-# list files. For frame folders "probe" and "decode" are "stat".
+# file (a video stream, a decodable first frame in an orientation the reader applies, enough frames: one decoded
+# frame per video); "decode" also decodes each video's last frame and checks the stream's length (slow on large
+# video datasets); "off" checks only the list files. For frame folders "probe" and "decode" are "stat".
 CHECK_FILES = ("stat", "probe", "decode", "off")
 SHOWN = 10  # problems listed per split in validate()'s message
 SPLIT_MODES = {"train": "train", "val": "val", "test": "test"}

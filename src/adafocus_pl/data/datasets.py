@@ -424,8 +424,8 @@ class VideoFileDataset(ClipDataset):
 
     def file_problems(self, record: VideoRecord, check: str = "stat") -> str | None:
         """What is wrong with a record's file before training (None: nothing found). ``check``: ``stat`` (present,
-        not empty), ``probe`` (also opens it: a container with a video stream, a first packet, enough frames by
-        its header), ``decode`` (also decodes the first and the last frame, and fails a stream that ends well
+        not empty), ``probe`` (also opens it: a container with a video stream, a decodable first frame, enough
+        frames), ``decode`` (also decodes the first and the last frame, and fails a stream that ends well
         before its frame count: slower)."""
         path = self.video_path(record)
         if not path.is_file():
@@ -442,6 +442,9 @@ class VideoFileDataset(ClipDataset):
         return None
 
     def _probe(self, record: VideoRecord) -> str | None:
+        """Open the file: a container with a video stream whose first frame decodes and is upright-readable, and
+        at least ``min_frames`` frames (by the header's count, else by its first packets). The cost is one
+        decoded frame (README, "Troubleshooting")."""
         import av
 
         try:
@@ -451,12 +454,22 @@ class VideoFileDataset(ClipDataset):
                     return (f"{self.describe(record)} has no video stream (streams: {', '.join(kinds)}): it is "
                             f"not a video; remove its line or replace the file")
                 stream = container.streams.video[0]
+                stream.codec_context.thread_count = 1  # one frame: no decoder threads to start (or frames to queue)
                 count = record.num_frames if record.num_frames is not None else int(stream.frames or 0)
-                if count and (short := self.too_short(record, count)):  # webm/mkv headers have no count (0)
+                packets, first = 0, None
+                for packet in container.demux(stream):  # a last, empty packet flushes the decoder
+                    packets += bool(packet.size)
+                    if first is None:
+                        first = next(iter(packet.decode()), None)
+                    if first is not None and (count or packets >= self.min_frames):
+                        break
+                if first is None:
+                    return f"{self.describe(record)} has a video stream without a decodable frame (an empty or " \
+                           f"failed encode)"
+                quarter_turns(first)  # a display matrix this reader does not apply: refused now, not in a worker
+                if short := self.too_short(record, count or packets):
                     return short
-                if next((p for p in container.demux(stream) if p.size), None) is None:
-                    return f"{self.describe(record)} has a video stream without frames (an empty or failed encode)"
-        except (av.FFmpegError, OSError) as err:
+        except (av.FFmpegError, OSError, RuntimeError) as err:
             return f"cannot open video {self.describe(record)}: {_av_reason(err)}. {DECODE_HINT}"
         return None
 
@@ -472,7 +485,7 @@ class VideoFileDataset(ClipDataset):
         container = av.open(str(path))
         if not container.streams.video:
             container.close()
-            raise RuntimeError(f"{path} has no video stream (audio only, or not a video)")
+            raise RuntimeError("it has no video stream (audio only, or not a video)")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if self.decoder_threads > 1 else "SLICE"
         stream.codec_context.thread_count = self.decoder_threads
@@ -606,6 +619,8 @@ def _av_reason(err: BaseException) -> str:
 
     if isinstance(err, av.EOFError):
         return "the file ends before its first video frame (empty or truncated)"
+    if isinstance(err, av.FFmpegError) and err.strerror:  # FFmpeg's reason, without its errno and the path again
+        return err.strerror[:1].lower() + err.strerror[1:]
     return str(err)
 
 
