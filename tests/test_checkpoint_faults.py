@@ -103,7 +103,7 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_mid_epoch_from_what_is_
         "+callbacks.kill.save=7",
         "+callbacks.record._target_=tests.kill_callback.RecordBatches", f"+callbacks.record.path={batches}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}  # this checkout's code
     killed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-3000:]
     checkpoints = next((tmp_path / "logs").glob("synthetic/stage1/*/seed0/checkpoints"))

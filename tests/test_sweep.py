@@ -78,7 +78,7 @@ def test_wandb_runs_carry_project_group_job_type_tags_and_metrics(tiny_sweep):
 
 def test_a_stage_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_run(tiny_synthetic, tmp_path,
                                                                                    monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     monkeypatch.chdir(ROOT)
     common = ["logger=default", "trainer.max_epochs=2"]
     reference = run_chain(tiny_overrides(tiny_synthetic, tmp_path / "reference") + common, plus=False)

@@ -97,7 +97,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = compose("eval", args)
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise SystemExit("python -m adafocus_pl.eval needs ckpt_path=/path/to/stage.ckpt (see --help)")
-    return run(cfg)
+    from adafocus_pl.checkpoint_file import CheckpointError, MissingCheckpointError
+
+    try:
+        return run(cfg)
+    except (CheckpointError, MissingCheckpointError) as err:
+        # a missing, unreadable, unsafe or foreign ckpt_path: the message names the file and the fix, and a
+        # traceback through torch.load would only bury it
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

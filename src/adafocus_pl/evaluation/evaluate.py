@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from adafocus_pl.checkpoint_file import read_checkpoint
 from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.evaluation.flops import component_gflops, gflops_per_video
 from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
@@ -44,13 +45,13 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Rebuild the network of an adafocus-pl stage checkpoint (no Lightning needed) in eval mode."""
+    """Rebuild the network of an adafocus-pl stage checkpoint (no Lightning needed) in eval mode.
+
+    The file is read by :func:`adafocus_pl.checkpoint_file.read_checkpoint` (weights only: nothing in it can run);
+    a missing file raises :class:`FileNotFoundError`, an unreadable, unsafe or foreign one
+    :class:`~adafocus_pl.checkpoint_file.CheckpointError`, each with a message that starts ``ckpt_path=PATH``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (give ckpt_path=/path/to/stage.ckpt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "adafocus_stage" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{path} is not an adafocus-pl stage checkpoint (no 'adafocus_stage' entry)")
+    ckpt = read_checkpoint(path, "ckpt_path")
     hparams = ckpt["hyper_parameters"]
     net = build_network(hparams["net"])
     net.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})

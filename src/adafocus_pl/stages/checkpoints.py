@@ -1,9 +1,10 @@
 """Stage checkpoints: written atomically, read with clear errors, checked against the run that loads them.
 
 - :class:`AtomicCheckpointIO` (every trainer config's ``plugins``): a kill during a save leaves the previous file;
-- :func:`read_checkpoint` / :func:`resume_problems` / :func:`network_mismatches`: used by ``init_from`` (weights
-  of an earlier stage) and by the checks a resumed run (``ckpt_path``) makes before training
-  (:mod:`adafocus_pl.preflight`); the messages say which setting differs and how to fix it.
+- :func:`read_checkpoint` (from :mod:`adafocus_pl.checkpoint_file`: weights-only, so a file that would run code is
+  refused) / :func:`resume_problems` / :func:`network_mismatches`: used by ``init_from`` (weights of an earlier
+  stage) and by the checks a resumed run (``ckpt_path``) makes before training (:mod:`adafocus_pl.preflight`);
+  the messages say which setting differs and how to fix it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+# the one reader of checkpoint files (no Lightning, nothing in the file runs): re-exported for the stages
+from adafocus_pl.checkpoint_file import CheckpointError, UnsafeCheckpointError, read_checkpoint
+
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "UnsafeCheckpointError", "read_checkpoint", "network_mismatches",
+           "resume_problems", "SHAPE_KEYS", "BACKBONE_KEYS", "TMP_SUFFIX"]
 
 TMP_SUFFIX = ".tmp"
 
@@ -70,28 +77,6 @@ SHAPE_KEYS = ("architecture", "num_classes", "patch_size", "glance_backbone", "l
               "location_policy", "glance_frames", "focus_frames", "temporal_shift", "use_glance")
 # ... and those that a Stage 0 checkpoint (backbones trained on whole frames, no patch, no policy) must share
 BACKBONE_KEYS = ("architecture", "glance_backbone", "local_backbone")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that does not fit the run that loads it."""
-
-
-def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
-    """``torch.load`` of an adafocus-pl stage checkpoint; ``key`` (``init_from``, ``ckpt_path``) names the setting
-    that pointed at it in the messages."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}={path} does not exist: give an existing checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # truncated zip, pickle garbage, not a torch file: all unreadable for the user
-        raise CheckpointError(
-            f"{key}={path} cannot be read ({type(err).__name__}: {err}); the file is truncated or not a checkpoint. "
-            f"Point {key} at another file of {path.parent} (last.ckpt, epochNNN.ckpt) or remove it to start over"
-        ) from err
-    if not isinstance(ckpt, Mapping) or "adafocus_stage" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{key}={path} is not an adafocus-pl stage checkpoint (no 'adafocus_stage' entry)")
-    return dict(ckpt)
 
 
 def network_mismatches(theirs: Mapping, ours: Mapping, path: str | Path, key: str,

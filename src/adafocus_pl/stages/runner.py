@@ -95,15 +95,19 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
 def _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, training, output_dir) -> dict[str, float]:
     """fit (or validate ``ckpt_path`` with ``train=false``), then test; write ``metrics.json``."""
     metrics: dict[str, float] = {}
+    # weights_only=True: Lightning's own read of ckpt_path (the whole state, after the resume checks read it with
+    # adafocus_pl.checkpoint_file) is weights-only as well, also where TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set
     if training:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         ckpt_path = None  # test the weights fit() ended with
     elif ckpt_path:  # train=false ckpt_path=...: validate and test that checkpoint
-        for result in trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
+        for result in trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False,
+                                       weights_only=True):
             metrics.update({k: float(v) for k, v in result.items()})
     if cfg.get("test", True):
-        for result in trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
+        for result in trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False,
+                                   weights_only=True):
             metrics.update({k: float(v) for k, v in result.items()})
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, open_dict
+
+from adafocus_pl.checkpoint_file import read_checkpoint
 
 CHECKPOINT_KEY = "adafocus_wandb_run_id"
 
@@ -48,8 +49,9 @@ def resume_wandb_run(cfg: DictConfig, ckpt_path: str) -> DictConfig:
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if not wandb_cfg or wandb_cfg.get("id"):
         return cfg
-    # mmap: only the small entry is read, not the weights (Lightning loads the whole checkpoint once, in fit)
-    run_id = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get(CHECKPOINT_KEY)
+    # memory-mapped and weights-only: only the small entry is read, not the weights (Lightning loads the whole
+    # checkpoint once, in fit), and nothing in the file runs (the resume checks have read it the same way before)
+    run_id = read_checkpoint(ckpt_path, "ckpt_path").get(CHECKPOINT_KEY)
     if run_id:
         with open_dict(cfg):
             cfg.logger.wandb.id = run_id
