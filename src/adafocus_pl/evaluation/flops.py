@@ -22,36 +22,51 @@ linear f_C; the temporal shift moves memory and costs nothing.
 
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import (
-    addmm_flop_jit,
-    bmm_flop_jit,
-    conv_flop_jit,
-    einsum_flop_jit,
-    linear_flop_jit,
-    matmul_flop_jit,
-)
 from torch import nn
 
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.build import build_network
 
-# the only ops counted: multiply-adds of convolutions and matrix products (weights times activations); every
-# other traced op (batch_norm, relu, add, mul, sigmoid, tanh, mean, pooling, softmax, interpolation) counts 0
-COUNTED_OPS = {
-    "aten::_convolution": conv_flop_jit,
-    "aten::linear": linear_flop_jit,
-    "aten::addmm": addmm_flop_jit,
-    "aten::mm": matmul_flop_jit,
-    "aten::matmul": matmul_flop_jit,
-    "aten::bmm": bmm_flop_jit,
-    "aten::einsum": einsum_flop_jit,
-}
+
+@functools.cache
+def _fvcore():
+    """``(FlopCountAnalysis, the counted ops {aten op: fvcore handle})``, imported on the first count.
+
+    Imported here rather than with this module: importing ``fvcore.nn`` runs ``torch.jit.script`` on its focal
+    loss, which PyTorch answers with a "``torch.jit.script`` is deprecated" FutureWarning. Modules that only need
+    this one's neighbours (``adafocus_pl.evaluation.evaluate``'s checkpoint loading, used by ``predict``) then never
+    import fvcore, and the notice is silenced only around this import.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
+        from fvcore.nn.jit_handles import (
+            addmm_flop_jit,
+            bmm_flop_jit,
+            conv_flop_jit,
+            einsum_flop_jit,
+            linear_flop_jit,
+            matmul_flop_jit,
+        )
+    # the only ops counted: multiply-adds of convolutions and matrix products (weights times activations); every
+    # other traced op (batch_norm, relu, add, mul, sigmoid, tanh, mean, pooling, softmax, interpolation) counts 0
+    counted_ops = {
+        "aten::_convolution": conv_flop_jit,
+        "aten::linear": linear_flop_jit,
+        "aten::addmm": addmm_flop_jit,
+        "aten::mm": matmul_flop_jit,
+        "aten::matmul": matmul_flop_jit,
+        "aten::bmm": bmm_flop_jit,
+        "aten::einsum": einsum_flop_jit,
+    }
+    return FlopCountAnalysis, counted_ops
 
 
 class _Call(nn.Module):
@@ -67,8 +82,9 @@ class _Call(nn.Module):
 
 def count_gflops(owner: nn.Module, fn, *inputs: torch.Tensor) -> float:
     """GFLOPs (multiply-adds of conv and matrix products only, see the module docstring) of ``fn(owner, *inputs)``."""
-    analysis = FlopCountAnalysis(_Call(owner, fn), inputs)
-    analysis.clear_op_handles().set_op_handle(**COUNTED_OPS)
+    flop_count_analysis, counted_ops = _fvcore()
+    analysis = flop_count_analysis(_Call(owner, fn), inputs)
+    analysis.clear_op_handles().set_op_handle(**counted_ops)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     return analysis.total() / 1e9
 

@@ -4,10 +4,16 @@ The video is read with PyAV (any container and codec FFmpeg reads, any size and 
 sampled at the segment centres and transformed exactly as in evaluation (Sec. 4.1: resize, centre crop), and the
 network runs on the fast path of :mod:`adafocus_pl.inference.fast` (AdaFocus, AdaFocus+) or through its own
 forward (AdaFocus-TSM). The video's prediction is f_C's output after the last frame (Sec. 3.4).
+
+Outputs: ``<name>.png`` (the sampled frames with the patch on each) and ``<name>.json`` (the prediction, with the
+video's absolute path under ``"path"``), where ``<name>`` is the video's full file name (``bikes.mp4``), or that name
+with ``-2``, ``-3``, ... appended when it already belongs to another video (:class:`OutputNames`): a video's outputs
+never replace another video's, and predicting the same video again replaces its own.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -60,17 +66,25 @@ def class_names(data_cfg: DictConfig, num_classes: int) -> list[str]:
     return [f"class {k}" for k in range(num_classes)]
 
 
+MIN_FRAMES = 3  # the data module's default data.min_frames (for a data config that does not name the key)
+
+
 def read_video(path: str | os.PathLike, data_cfg: DictConfig, num_classes: int) -> dict[str, torch.Tensor]:
     """The evaluation sample of one video file: uint8 ``frames [T, 3, crop, crop]`` (and ``focus_frames`` for
-    AdaFocus-TSM), sampled and transformed as the data config's test split is."""
+    AdaFocus-TSM), sampled and transformed as the data config's test split is.
+
+    Raises ``FileNotFoundError`` for a missing file, and what the dataset raises for one that does not decode
+    (``RuntimeError``) or, like training, for one with fewer than ``data.min_frames`` frames (``ValueError``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"video file {path} does not exist")
+        what = "is a directory, not a video file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"video file {path} {what}")
+    min_frames = int(data_cfg.get("min_frames", MIN_FRAMES))
     transform = ClipEvalTransform(data_cfg.eval_resize, data_cfg.eval_crop, data_cfg.get("resize_mode", "square"))
     dataset = VideoFileDataset(path.resolve().parent, [VideoRecord(path.name, None, (0,), 1)],
                                num_segments=int(data_cfg.num_segments), mode="val", transform=transform,
                                num_classes=num_classes, num_focus_segments=data_cfg.get("num_focus_segments"),
-                               decoder_threads=min(4, os.cpu_count() or 1), min_frames=1)
+                               decoder_threads=min(4, os.cpu_count() or 1), min_frames=min_frames)
     return dataset.sample(0)
 
 
@@ -82,11 +96,56 @@ class Prediction:
     keep: torch.Tensor | None  # [T] AdaFocus+: False where the frame skipped f_L
     frames: torch.Tensor  # uint8 [T_L, 3, H, W]: the frames the patches were cut from
     figure: Path | None = None
+    path: str | None = None  # the video's absolute path (what OutputNames tells videos apart by)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"video": self.video, "top_k": self.top_k, "offsets": self.offsets.tolist(),
+        return {"video": self.video, "path": self.path, "top_k": self.top_k, "offsets": self.offsets.tolist(),
                 "keep": None if self.keep is None else self.keep.tolist(),
                 "figure": None if self.figure is None else str(self.figure)}
+
+
+class OutputNames:
+    """The name of each video's outputs in ``out_dir`` (``<name>.png``, ``<name>.json``), chosen so that no video's
+    outputs replace another video's.
+
+    ``<name>`` is the video's file name with its extension (``bikes.mp4`` and ``bikes.webm`` differ), else, when
+    that name is taken, the first of ``<file name>-2``, ``-3``, ... that is free. A name is taken when another
+    video got it earlier from this object (``a/clip.mp4`` and ``b/clip.mp4`` in one call), or when ``out_dir``
+    already holds ``<name>.json`` of another video (its ``"path"``) or a ``<name>.png``/``<name>.json`` of unknown
+    origin. Videos are told apart by their absolute path, so predicting a video again gets (and replaces) the
+    outputs it got before.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out_dir = Path(out_dir)
+        self.claimed: dict[str, str] = {}  # name -> absolute path of the video that got it
+
+    def __call__(self, video: str | os.PathLike) -> str:
+        path = video_path(video)
+        for k in itertools.count(1):
+            name = Path(video).name if k == 1 else f"{Path(video).name}-{k}"
+            owner = self.claimed.get(name) or self.owner_on_disk(name)
+            if owner is None or owner == path:
+                self.claimed[name] = path
+                return name
+        raise AssertionError("unreachable")
+
+    def owner_on_disk(self, name: str) -> str | None:
+        """The absolute path of the video whose outputs ``out_dir`` holds under ``name``; ``""`` for outputs of
+        unknown origin (no readable ``"path"``), None when there are none."""
+        record, figure = self.out_dir / f"{name}.json", self.out_dir / f"{name}.png"
+        if record.exists():
+            try:
+                owner = json.loads(record.read_text(encoding="utf-8")).get("path")
+            except (OSError, ValueError, AttributeError):
+                owner = None
+            return owner if isinstance(owner, str) and owner else ""
+        return "" if figure.exists() else None
+
+
+def video_path(video: str | os.PathLike) -> str:
+    """The absolute path a video's outputs are recorded under (symbolic links resolved)."""
+    return str(Path(video).resolve())
 
 
 class Predictor:
@@ -127,24 +186,33 @@ class Predictor:
                    else offsets[0].expand(steps, 2) if offsets.shape[1] == 1 else offsets[0])
         return out["logits"][0, -1], offsets, None
 
-    def __call__(self, video: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Prediction:
-        sample = read_video(video, self.data_cfg, self.net.num_classes)
+    def __call__(self, video: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 name: str | None = None) -> Prediction:
+        """Predict ``video``; with ``out_dir``, also write ``<name>.png`` and ``<name>.json`` there (``name``:
+        from :class:`OutputNames`, which a caller predicting several videos keeps across them)."""
+        return self.predict(video, read_video(video, self.data_cfg, self.net.num_classes), out_dir, name)
+
+    def predict(self, video: str | os.PathLike, sample: dict[str, torch.Tensor],
+                out_dir: str | os.PathLike | None = None, name: str | None = None) -> Prediction:
+        """``__call__`` on a sample already read with :func:`read_video`."""
         logits, offsets, keep = self._forward(sample)
         probs = torch.softmax(logits.float(), dim=-1).cpu()
         values, indices = probs.topk(self.top_k)
         top = [{"class": int(k), "name": self.names[int(k)], "probability": float(p)} for p, k in zip(values, indices)]
         shown = sample.get("focus_frames", sample["frames"])
-        prediction = Prediction(str(video), top, offsets.cpu(), None if keep is None else keep.cpu(), shown)
+        prediction = Prediction(str(video), top, offsets.cpu(), None if keep is None else keep.cpu(), shown,
+                                path=video_path(video))
         if out_dir is not None:
             out_dir = Path(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
-            stem = Path(video).stem
+            name = name or OutputNames(out_dir)(video)
             title = f"{top[0]['name']} ({100 * top[0]['probability']:.1f}%)"
             # TSM/TSM+ baselines have patch_size = frame size (their "patch" is the whole frame at offset 0)
             prediction.figure = plot_patches(shown[None], prediction.offsets[None], int(self.net.patch_size),
-                                             out_dir / f"{stem}.png",
+                                             out_dir / f"{name}.png",
                                              keep=None if keep is None else prediction.keep[None], titles=[title])
-            (out_dir / f"{stem}.json").write_text(json.dumps(prediction.as_dict(), indent=2))
+            # written last: the record's "path" is what marks these outputs as this video's (OutputNames)
+            (out_dir / f"{name}.json").write_text(json.dumps(prediction.as_dict(), indent=2), encoding="utf-8")
         return prediction
 
 

@@ -1,7 +1,9 @@
 """Third-party notices that tell a user of this suite nothing they can act on, silenced by exact message.
 
 Each line below is a library talking about itself (a deprecated call inside it, a product tip) or about something
-this suite does on purpose (frozen parts in eval mode); every other warning still shows.
+this suite does on purpose (frozen parts in eval mode); every other warning still shows. (fvcore's
+"``torch.jit.script`` is deprecated", raised when ``fvcore.nn`` is imported, is silenced around that one import in
+:mod:`adafocus_pl.evaluation.flops`.)
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import warnings
 NOTICES = (
     (r"'set_vital' is deprecated", UserWarning),  # torchdata's StatefulDataLoader calls a deprecated torch API
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),  # Lightning 2.6 on torch 2.14
-    (r"`torch\.jit\.script` is deprecated", FutureWarning),  # fvcore scripts its focal loss when imported
     # the stages keep their frozen parts (BN statistics, dropout) in eval mode on purpose
     (r"Found \d+ module\(s\) in eval mode at the start of training", Warning),
 )
