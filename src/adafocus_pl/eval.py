@@ -64,12 +64,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results_markdown,
         write_results,
     )
+    from adafocus_pl.preflight import generated_data_problems, raise_if
 
     ckpt = load_checkpoint(cfg.ckpt_path)
     if ckpt.net.num_classes != cfg.data.num_classes:
         raise ValueError(f"{cfg.ckpt_path} has {ckpt.net.num_classes} classes but data={cfg.data.name} has "
                          f"{cfg.data.num_classes}: pass the data overrides the checkpoint was trained with")
     datamodule = instantiate(cfg.data, _recursive_=False, _convert_="all")
+    # the same checks as before training: a user's folder is never written; every problem of the data at once
+    if datamodule.synthetic is None:
+        raise_if(datamodule.validate(tuple(dict.fromkeys((cfg.eval.split, cfg.eval.threshold_split)))))
+    else:
+        raise_if(generated_data_problems(datamodule.root))
     datamodule.prepare_data()
     out_dir = Path(cfg.eval.out_dir) if cfg.eval.out_dir else default_out_dir(Path(cfg.ckpt_path))
     metric = "mAP" if str(cfg.monitor).endswith("mAP") else "top1"
@@ -98,12 +104,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise SystemExit("python -m adafocus_pl.eval needs ckpt_path=/path/to/stage.ckpt (see --help)")
     from adafocus_pl.checkpoint_file import CheckpointError, MissingCheckpointError
+    from adafocus_pl.preflight import PreflightError
 
     try:
         return run(cfg)
     except (CheckpointError, MissingCheckpointError) as err:
         # a missing, unreadable, unsafe or foreign ckpt_path: the message names the file and the fix, and a
         # traceback through torch.load would only bury it
+        raise SystemExit(f"error: {err}") from None
+    except PreflightError as err:  # the data's problems, all listed; nothing was evaluated
         raise SystemExit(f"error: {err}") from None
 
 

@@ -26,7 +26,7 @@ import yaml
 from omegaconf import DictConfig
 
 from adafocus_pl.data.datasets import VideoFileDataset, resolve_under
-from adafocus_pl.data.listfile import VideoRecord
+from adafocus_pl.data.listfile import VideoRecord, read_text_lines
 from adafocus_pl.data.transforms import ClipEvalTransform, normalize_on_device
 from adafocus_pl.evaluation.evaluate import LoadedCheckpoint
 from adafocus_pl.evaluation.plots import plot_patches
@@ -58,7 +58,7 @@ def class_names(data_cfg: DictConfig, num_classes: int) -> list[str]:
     if classes_file:
         path = resolve_under(data_cfg.root, classes_file)
         if path.is_file():
-            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            names = [line.strip() for line in read_text_lines(path) if line.strip()]
             if len(names) == num_classes:
                 return names
             log.warning("%s lists %d classes, the checkpoint has %d: showing class indices", path, len(names),
