@@ -173,5 +173,5 @@ def test_traceback_option_shows_the_traceback(predict, tmp_path, capsys):
         predict("--traceback", str(write_video(tmp_path / "clip.mp4", 12)), ckpt_path=tmp_path / "nope.ckpt")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" in err and "FileNotFoundError" in err
+    assert "Traceback" in err and ("FileNotFoundError" in err or "MissingCheckpointError" in err)
     assert err.strip().splitlines()[-1].startswith("error: ")
