@@ -68,8 +68,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt = load_checkpoint(cfg.ckpt_path)
     if ckpt.net.num_classes != cfg.data.num_classes:
-        raise ValueError(f"{cfg.ckpt_path} has {ckpt.net.num_classes} classes but data={cfg.data.name} has "
-                         f"{cfg.data.num_classes}: pass the data overrides the checkpoint was trained with")
+        raise_if([f"{cfg.ckpt_path} has {ckpt.net.num_classes} classes but data={cfg.data.name} has "
+                  f"{cfg.data.num_classes}: pass the data overrides the checkpoint was trained with"])
     datamodule = instantiate(cfg.data, _recursive_=False, _convert_="all")
     # the same checks as before training: a user's folder is never written; every problem of the data at once
     if datamodule.synthetic is None:
