@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_overrides
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from adafocus_pl.stages.checkpoints import AtomicCheckpointIO
+from adafocus_pl.stages.checkpoint_io import AtomicCheckpointIO
 
 ROOT = Path(__file__).resolve().parents[1]
 

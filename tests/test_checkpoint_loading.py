@@ -1,4 +1,4 @@
-"""Every checkpoint file goes through one weights-only loader (``adafocus_pl.checkpoint_file``): the project's own
+"""Every checkpoint file goes through one weights-only loader (``adafocus_pl.checkpoint``): the project's own
 checkpoints of every stage load through it unchanged, a crafted one that would run code is refused at every entry
 (eval / predict / the fast path, ``init_from``, the resume checks of ``ckpt_path``, the W&B run id) without running
 anything, and a truncated or foreign file gives one clear message, also on the command line."""
@@ -17,14 +17,14 @@ import torch
 from conftest import tiny_overrides
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from adafocus_pl.checkpoint_file import (
+from adafocus_pl.checkpoint import (
     SAFE_GLOBALS,
     CheckpointError,
     MissingCheckpointError,
     UnsafeCheckpointError,
     read_checkpoint,
 )
-from adafocus_pl.evaluation.evaluate import load_checkpoint
+from adafocus_pl.checkpoint import load_checkpoint
 from adafocus_pl.models.build import build_network
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,14 +97,14 @@ def test_load_checkpoint_gives_the_networks_outputs_of_the_unrestricted_load(sta
         net = build_network(reference["hyper_parameters"]["net"])
         net.load_state_dict({k[len("net."):]: v for k, v in reference["state_dict"].items() if k.startswith("net.")})
         net.eval()
-        rho = (reference.get("adafocus_keep_threshold") or {}).get("threshold")
-        assert loaded.keep_threshold == rho and loaded.stage == reference["adafocus_stage"]
-        assert loaded.net.has_skip_policy == (name != "stage1") and (rho is not None) == (name == "stage3_plus")
+        rho = (reference.get("adafocus_rho") or {}).get("rho")
+        assert loaded.rho == rho and loaded.stage == reference["adafocus_stage"]
+        assert loaded.net.capabilities.has_skip_policy == (name != "stage1") and (rho is not None) == (name == "stage3_plus")
         with torch.no_grad():
-            ours = loaded.net(frames, patch_policy="learned", keep_threshold=rho)
-            theirs = net(frames, patch_policy="learned", keep_threshold=rho)
-        assert torch.equal(ours["logits"], theirs["logits"]), name
-        assert torch.equal(ours["offsets"], theirs["offsets"]), name
+            ours = loaded.net(frames, patch_policy="learned", rho=rho)
+            theirs = net(frames, patch_policy="learned", rho=rho)
+        assert torch.equal(ours.logits, theirs.logits), name
+        assert torch.equal(ours.offsets, theirs.offsets), name
 
 
 def test_the_loader_does_not_widen_what_other_torch_loads_accept(stage_checkpoints):

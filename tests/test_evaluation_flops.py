@@ -110,7 +110,8 @@ def test_skip_policy_entry_only_with_skip_policy():
 
 def test_skip_policy_attribute_may_be_missing():
     net = tiny_net(False)
-    del net.skip_policy  # a network class from before AdaFocus+ had no such attribute
+    # the network declares its parts: without pi' there is no such part, no probe and no count
+    assert "skip_policy" not in net.parts() and "skip_policy" not in net.flops_probes()
     assert "skip_policy" not in flops.component_gflops(net)
 
 
@@ -129,16 +130,16 @@ def test_gflops_per_video_arithmetic():
     # 16 x (1 + 0.1 + 10 + 0.01) = 177.76
     assert flops.gflops_per_video(parts, 16) == pytest.approx(177.76)
     # f_L on half the frames: 16 x (1 + 0.1 + 0.01) + 0.5 x 16 x 10 = 17.76 + 80 = 97.76
-    assert flops.gflops_per_video(parts, 16, local_fraction=0.5) == pytest.approx(97.76)
+    assert flops.gflops_per_video(parts, 16, keep_fraction=0.5) == pytest.approx(97.76)
     # glance only: 16 x (1 + 0.01) = 16.16 (no policy, no f_L)
     assert flops.gflops_per_video(parts, 16, use_local=False) == pytest.approx(16.16)
     plus = {**parts, "skip_policy": 0.2}
     # AdaFocus+: pi' on every frame: 16 x (1 + 0.1 + 0.2 + 0.01) + 0.7 x 16 x 10 = 20.96 + 112 = 132.96
-    assert flops.gflops_per_video(plus, 16, local_fraction=0.7) == pytest.approx(132.96)
+    assert flops.gflops_per_video(plus, 16, keep_fraction=0.7) == pytest.approx(132.96)
     # glance only never runs pi'
     assert flops.gflops_per_video(plus, 16, use_local=False) == pytest.approx(16.16)
-    with pytest.raises(ValueError, match="local_fraction"):
-        flops.gflops_per_video(parts, 16, local_fraction=1.5)
+    with pytest.raises(ValueError, match="keep_fraction"):
+        flops.gflops_per_video(parts, 16, keep_fraction=1.5)
 
 
 def test_component_gflops_restores_train_mode():
@@ -166,8 +167,8 @@ def test_net_gflops_per_video_is_cached_per_architecture(monkeypatch):
     bigger = flops.net_gflops_per_video(tiny_net(True, patch_size=48), 8)
     assert calls == [32, 48] and bigger > first
     parts = real(tiny_net(True))
-    assert flops.net_gflops_per_video(tiny_net(True), 8, local_fraction=0.5) == pytest.approx(
-        flops.gflops_per_video(parts, 8, local_fraction=0.5))
+    assert flops.net_gflops_per_video(tiny_net(True), 8, keep_fraction=0.5) == pytest.approx(
+        flops.gflops_per_video(parts, 8, keep_fraction=0.5))
     assert flops.net_gflops_per_video(tiny_net(True), 8, use_local=False) == pytest.approx(
         8 * (parts["glance"] + parts["classifier"]))
 
@@ -186,7 +187,7 @@ def _table(text: str) -> dict[str, list[str]]:
 def test_cli_full_size_activitynet(capsys):
     from adafocus_pl.flops import main
 
-    main(["--keep", "0.9,0.5", "data=activitynet", "model=adafocus", "model.patch_size=128", "plus=on",
+    main(["--etas", "0.9,0.5", "data=activitynet", "model=adafocus", "model.patch_size=128", "plus=on",
           "paths.data_dir=/nonexistent/adafocus-data"])  # no dataset on disk, nothing downloaded
     rows = _table(capsys.readouterr().out)
     assert float(rows["f_G (mobilenet_v2 @ 224x224)"][0]) == pytest.approx(FACTS_GLANCE, abs=5e-5)
@@ -227,7 +228,7 @@ def test_cli_plus_uses_config_keep_ratios_and_refuses_keep_without_plus(capsys):
     assert {"AdaFocus+ (eta=0.9)", "AdaFocus+ (eta=0.7)", "AdaFocus+ (eta=0.5)"} <= set(rows)
     assert any(name.startswith("pi'") for name in rows)
     with pytest.raises(SystemExit, match="plus=on"):
-        main(["--keep", "0.5"])
+        main(["--etas", "0.5"])
 
 
 def test_cli_help(capsys):
@@ -237,4 +238,4 @@ def test_cli_help(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "usage:" in out and "--keep" in out
+    assert "usage:" in out and "--etas" in out

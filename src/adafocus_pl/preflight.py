@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from adafocus_pl.stages.checkpoints import resume_problems
+from adafocus_pl.checkpoint import resume_problems
 
 
 class PreflightError(ValueError):

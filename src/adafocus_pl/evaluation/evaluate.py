@@ -20,46 +20,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from adafocus_pl.checkpoint_file import read_checkpoint
+from adafocus_pl.checkpoint import LoadedCheckpoint
 from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.evaluation.flops import component_gflops, gflops_per_video
 from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
-from adafocus_pl.models.adafocus import AdaFocusNet
-from adafocus_pl.models.build import build_network
-from adafocus_pl.models.skipping import solve_keep_thresholds
+from adafocus_pl.models.contract import VideoNet
+from adafocus_pl.models.patch_policies import fixed_policy_names, get_patch_policy
+from adafocus_pl.models.skipping import solve_rhos
 
 log = logging.getLogger(__name__)
-
-FIXED_POLICY_NAMES = {"random": "random patches", "centre": "centre patches", "gaussian": "Gaussian patches"}
-
-
-# ------------------------------------------------------------------------------------------------- checkpoint
-@dataclass
-class LoadedCheckpoint:
-    net: AdaFocusNet
-    stage: int
-    patch_policy: str  # the policy the checkpoint's f_L/f_C were trained with
-    path: Path
-    hparams: dict = field(default_factory=dict)
-    keep_threshold: float | None = None  # AdaFocus+ Stage III+: the rho solved on the training split (Sec. 3.3)
-
-
-def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Rebuild the network of an adafocus-pl stage checkpoint (no Lightning needed) in eval mode.
-
-    The file is read by :func:`adafocus_pl.checkpoint_file.read_checkpoint` (weights only: nothing in it can run);
-    a missing file raises :class:`FileNotFoundError`, an unreadable, unsafe or foreign one
-    :class:`~adafocus_pl.checkpoint_file.CheckpointError`, each with a message that starts ``ckpt_path=PATH``."""
-    path = Path(path)
-    ckpt = read_checkpoint(path, "ckpt_path")
-    hparams = ckpt["hyper_parameters"]
-    net = build_network(hparams["net"])
-    net.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
-    stage = int(ckpt["adafocus_stage"])
-    policy = hparams.get("patch_policy") or ("random" if stage == 1 else "learned")
-    saved_rho = ckpt.get("adafocus_keep_threshold") or {}
-    return LoadedCheckpoint(net=net.eval(), stage=stage, patch_policy=policy, path=path, hparams=hparams,
-                            keep_threshold=saved_rho.get("threshold"))
 
 
 # ------------------------------------------------------------------------------------------------- inference
@@ -84,33 +53,32 @@ def _batches(loader, datamodule, device, desc: str):
 
 
 @torch.inference_mode()
-def run_split(net: AdaFocusNet, loader, datamodule, device, patch_policy: str, keep_threshold: float | None = None,
+def run_split(net: VideoNet, loader, datamodule, device, patch_policy: str, rho: float | None = None,
               seed: int = 0, desc: str = "eval") -> SplitOutputs:
-    """Run ``net`` with ``patch_policy`` (and AdaFocus+'s ``keep_threshold`` rho) over a whole split."""
+    """Run ``net`` with ``patch_policy`` (and AdaFocus+'s threshold ``rho``) over a whole split."""
     generator = torch.Generator(device=device).manual_seed(seed)  # the random baselines are reproducible
     parts: dict[str, list[torch.Tensor]] = {"scores": [], "labels": [], "targets": [], "keep": [], "hit": [],
                                             "coverage": []}
     first = None
     for batch in _batches(loader, datamodule, device, desc):
-        out = net(batch["frames"], patch_policy=patch_policy, generator=generator, keep_threshold=keep_threshold,
-                  **focus_inputs(batch))
-        scores = F.softmax(out["logits"].float(), dim=-1)
+        out = net(batch["frames"], patch_policy=patch_policy, generator=generator, rho=rho, **focus_inputs(batch))
+        scores = F.softmax(out.logits.float(), dim=-1)
         parts["scores"].append(scores.cpu())
         parts["labels"].append(batch["label"].cpu())
         parts["targets"].append(batch["target"].cpu())
-        if out["keep"] is not None:
-            parts["keep"].append(out["keep"].cpu())
+        if out.keep is not None:
+            parts["keep"].append(out.keep.cpu())
         boxes = batch.get("focus_boxes", batch.get("boxes"))  # patches come from the focus frames
-        if out["offsets"] is not None and boxes is not None:
-            hit, coverage = patch_box_overlap(out["offsets"], net.patch_size, boxes)
+        if out.offsets is not None and boxes is not None:
+            hit, coverage = patch_box_overlap(out.offsets, net.patch_size, boxes)
             parts["hit"].append(hit.cpu())
             parts["coverage"].append(coverage.cpu())
         if first is None:
             shown = batch.get("focus_frames", batch["frames"])  # the frames the patches were cut from
             first = {"frames": shown.cpu(), "labels": batch["label"].cpu(),
                      "predictions": scores[:, -1].argmax(-1).cpu(),
-                     "offsets": None if out["offsets"] is None else out["offsets"].cpu(),
-                     "keep": None if out["keep"] is None else out["keep"].cpu()}
+                     "offsets": None if out.offsets is None else out.offsets.cpu(),
+                     "keep": None if out.keep is None else out.keep.cpu()}
     if not parts["scores"]:
         raise ValueError("the evaluation split is empty: check the list file of eval.split")
     cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
@@ -118,7 +86,7 @@ def run_split(net: AdaFocusNet, loader, datamodule, device, patch_policy: str, k
 
 
 @torch.inference_mode()
-def keep_probabilities(net: AdaFocusNet, loader, datamodule, device, desc: str = "p_t^B") -> torch.Tensor:
+def keep_probabilities(net: VideoNet, loader, datamodule, device, desc: str = "p_t^B") -> torch.Tensor:
     """AdaFocus+'s p_t^B ``[N, T]`` over a split: f_G and pi' only (f_L never runs)."""
     probs = []
     for batch in _batches(loader, datamodule, device, desc):
@@ -132,7 +100,7 @@ def online_metrics(outputs: SplitOutputs, parts: dict[str, float], use_local: bo
     """Fig. 6: top-1 and mAP from the prediction after t frames, t = 1..T, at the cost of those t frames
     (f_L counted on the frames it actually ran on)."""
     steps = outputs.scores.shape[1]
-    fixed = gflops_per_video(parts, 1, use_local=use_local, local_fraction=0.0)
+    fixed = gflops_per_video(parts, 1, use_local=use_local, keep_fraction=0.0)
     curve = []
     for t in range(1, steps + 1):
         scores = outputs.scores[:, t - 1]
@@ -152,7 +120,7 @@ def summarise(method: str, family: str, outputs: SplitOutputs, parts: dict[str, 
         "top1": top1_accuracy(outputs.scores[:, -1], outputs.labels),
         "mAP": mean_average_precision(outputs.scores[:, -1], outputs.targets),
         "gflops_per_video": gflops_per_video(parts, outputs.scores.shape[1], use_local=use_local,
-                                             local_fraction=keep_fraction),
+                                             keep_fraction=keep_fraction),
         "keep_fraction": keep_fraction if use_local else 0.0,
         "hit_rate": None if outputs.hit is None else outputs.hit.mean().item(),
         "coverage": None if outputs.coverage is None else outputs.coverage.mean().item(),
@@ -177,10 +145,13 @@ def results_markdown(rows: list[dict[str, Any]], title: str) -> str:
 
 # ------------------------------------------------------------------------------------------------- the whole thing
 def evaluate_checkpoint(ckpt: LoadedCheckpoint, datamodule, split: str = "test", threshold_split: str = "train",
-                        fixed_policies: list[str] = ("random", "centre", "gaussian"),
-                        keep_ratios: list[float] = (0.9, 0.7, 0.5), device: str | torch.device = "cpu",
+                        fixed_policies: list[str] | None = None,
+                        etas: list[float] = (0.9, 0.7, 0.5), device: str | torch.device = "cpu",
                         seed: int = 0) -> dict[str, Any]:
-    """All rows for one checkpoint, plus the thresholds, the first batch (for figures) and timings."""
+    """All rows for one checkpoint, plus AdaFocus+'s rho per eta, the first batch (for figures) and timings.
+    ``fixed_policies``: the Table 5 rows on the checkpoint's own f_L/f_C (None: every registered fixed policy)."""
+    if fixed_policies is None:
+        fixed_policies = fixed_policy_names()
     net = ckpt.net.to(device)
     if torch.device(device).type == "cpu":
         net.to(memory_format=torch.channels_last)
@@ -198,40 +169,41 @@ def evaluate_checkpoint(ckpt: LoadedCheckpoint, datamodule, split: str = "test",
         return value
 
     main_policy = ckpt.patch_policy
-    if main_policy == "none":
-        out = timed("glance only", lambda: run_split(net, loader, datamodule, device, "none", seed=seed,
-                                                    desc="glance only"))
-        rows.append(summarise("glance only", "glance only", out, plain_parts, use_local=False, patch_policy="none"))
+    main = get_patch_policy(main_policy)
+    if not main.uses_local:
+        out = timed(main.label, lambda: run_split(net, loader, datamodule, device, main_policy, seed=seed,
+                                                 desc=main.label))
+        rows.append(summarise(main.label, main.label, out, plain_parts, use_local=False, patch_policy=main_policy))
     else:
-        name = "AdaFocus (learned policy)" if main_policy == "learned" else FIXED_POLICY_NAMES[main_policy]
-        family = "AdaFocus" if main_policy == "learned" else name
+        name = main.label
+        family = "AdaFocus" if main.kind == "learned" else name
         out = timed(name, lambda: run_split(net, loader, datamodule, device, main_policy, seed=seed, desc=name))
         rows.append(summarise(name, family, out, plain_parts, use_local=True, patch_policy=main_policy))
         figures["main"] = out.first_batch
         for policy in fixed_policies:
             if policy == main_policy:
                 continue
-            label = f"{FIXED_POLICY_NAMES[policy]} (same weights)"
+            label = f"{get_patch_policy(policy).label} (same weights)"
             fixed = timed(label, lambda p=policy, lbl=label: run_split(net, loader, datamodule, device, p, seed=seed,
                                                                       desc=lbl))
-            rows.append(summarise(label, FIXED_POLICY_NAMES[policy], fixed, plain_parts, use_local=True,
+            rows.append(summarise(label, get_patch_policy(policy).label, fixed, plain_parts, use_local=True,
                                   patch_policy=policy))
 
-    thresholds: dict[float, float] = {}
-    if ckpt.net.has_skip_policy and main_policy != "none":
+    rhos: dict[float, float] = {}
+    if ckpt.net.capabilities.has_skip_policy and main.uses_local:
         probs = timed(f"rho on {threshold_split}", lambda: keep_probabilities(
             net, datamodule.eval_dataloader(threshold_split), datamodule, device, desc=f"p_t^B ({threshold_split})"))
-        thresholds = solve_keep_thresholds(probs, keep_ratios)
-        for eta, rho in thresholds.items():
+        rhos = solve_rhos(probs, etas)
+        for eta, rho in rhos.items():
             label = f"AdaFocus+ (eta={eta:g})"
             out = timed(label, lambda r=rho, lbl=label: run_split(net, loader, datamodule, device, main_policy,
-                                                                 keep_threshold=r, seed=seed, desc=lbl))
+                                                                 rho=r, seed=seed, desc=lbl))
             rows.append(summarise(label, "AdaFocus+", out, all_parts, use_local=True, patch_policy=main_policy,
-                                  keep_ratio=eta, keep_threshold=rho,
+                                  eta=eta, rho=rho,
                                   keep_fraction_on_threshold_split=(probs >= rho).float().mean().item()))
             figures[f"eta={eta:g}"] = out.first_batch
-    return {"rows": rows, "patch_size": ckpt.net.patch_size, "keep_thresholds": {str(k): v for k, v in thresholds.items()}, "figures": figures,
-            "component_gflops": all_parts, "seconds": seconds}
+    return {"rows": rows, "patch_size": ckpt.net.patch_size, "rhos": {str(k): v for k, v in rhos.items()},
+            "figures": figures, "component_gflops": all_parts, "seconds": seconds}
 
 
 def plot_rows(rows: list[dict[str, Any]], out_dir: Path, title: str, metric: str) -> dict[str, Path]:
@@ -241,7 +213,7 @@ def plot_rows(rows: list[dict[str, Any]], out_dir: Path, title: str, metric: str
 
     unit = "top-1 (%)" if metric == "top1" else "mAP (%)"
     points = [{"family": r["family"], "gflops": r["gflops_per_video"], "value": 100 * r[metric],
-               "label": f"η={r['keep_ratio']:g}" if r.get("keep_ratio") else None} for r in rows]
+               "label": f"η={r['eta']:g}" if r.get("eta") else None} for r in rows]
     paths = {"accuracy_vs_gflops": plot_accuracy_vs_gflops(points, out_dir / "accuracy_vs_gflops.png",
                                                            metric=unit, title=title)}
     curves = {r["method"]: [(p["gflops"], 100 * p[metric]) for p in r["online"]] for r in rows if r.get("online")}

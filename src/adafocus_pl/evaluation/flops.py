@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.build import build_network
+from adafocus_pl.models.contract import VideoNet
 
 
 @functools.cache
@@ -89,107 +89,42 @@ def count_gflops(owner: nn.Module, fn, *inputs: torch.Tensor) -> float:
     return analysis.total() / 1e9
 
 
-def _policy_decision(policy, glance_map: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """One inference step of a policy (Eq. 3 / Eq. 8): conv -> linear -> GRUCell -> actor. The critic is a
-    training-only head (PPO's value) and is not counted (1024 multiply-adds, below the 4th digit anyway)."""
-    return policy.actor(policy.gru(policy.encode(glance_map), h))
-
-
-def _policy_over_clip(policy, glance_maps: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """AdaFocus-TSM's pi: T_G steps over the glance maps ``[T_G, C, h, w]``, then its actor once (Sec. 4.2)."""
-    for t in range(glance_maps.shape[0]):
-        h = policy.gru(policy.encode(glance_maps[t:t + 1]), h)
-    return policy.actor(h)
-
-
-def clip_component_gflops(net) -> dict[str, float]:
-    """AdaFocus-TSM's components per clip (see the module docstring); ``per_clip`` marks the dict."""
-    param = next(net.parameters())
-    device, dtype = param.device, param.dtype
-    frames = torch.zeros(net.focus_frames, 3, net.patch_size, net.patch_size, device=device, dtype=dtype)
-    features = torch.zeros(1, net.classifier.in_features, device=device, dtype=dtype)
-    parts = {"per_clip": 1.0, "glance": 0.0, "policy": 0.0,
-             "local": count_gflops(net.local, lambda f, x: f(x), frames),
-             "classifier": count_gflops(net.classifier, lambda c, x: c(x), features)}
-    if net.glance is not None:
-        glance = torch.zeros(net.glance_frames, 3, *net.frame_hw, device=device, dtype=dtype)
-        parts["glance"] = count_gflops(net.glance, lambda g, x: g.forward_features(x), glance)
-    if net.policy is not None:
-        maps = torch.zeros(net.glance_frames, net.glance.num_features, *net.glance_map_hw, device=device, dtype=dtype)
-        parts["policy"] = count_gflops(net.policy, _policy_over_clip, maps, net.policy.init_state(1, device))
-    return parts
-
-
 @torch.no_grad()
-def component_gflops(net: AdaFocusNet) -> dict[str, float]:
-    """GFLOPs of one frame through each component: ``glance`` (f_G), ``policy`` (pi), ``local`` (f_L on one
-    PxP patch), ``classifier`` (f_C), and ``skip_policy`` (AdaFocus+'s pi') only when the network has one.
-    For AdaFocus-TSM (one location per clip) the same keys per clip, with ``per_clip`` set.
+def component_gflops(net: VideoNet) -> dict[str, float]:
+    """GFLOPs of one frame through each component the network declares (:meth:`VideoNet.flops_probes`):
+    ``glance`` (f_G), ``policy`` (pi), ``local`` (f_L on one P x P patch, or the whole frame), ``classifier``
+    (f_C), and ``skip_policy`` (AdaFocus+'s pi') only when the network has one; a missing f_G or pi counts 0.
+    A network that works per clip (AdaFocus-TSM) gives the same keys per clip, with ``per_clip`` set.
 
     The inputs are zeros on the network's device; the network's train/eval modes are restored afterwards.
     """
-    param = next(net.parameters())
-    device, dtype = param.device, param.dtype
     modes = {module: module.training for module in net.modules()}
     net.eval()
     try:
-        if getattr(net, "locations_per_clip", None) == 1:
-            return clip_component_gflops(net)
-        frame = torch.zeros(1, 3, *(net.glance_hw or net.frame_hw), device=device, dtype=dtype)
-        glance_map = torch.zeros(1, net.glance.num_features, *net.glance_map_hw, device=device, dtype=dtype)
-        policy_state = net.policy.init_state(1, device)
-        patch = torch.zeros(1, 3, net.patch_size, net.patch_size, device=device, dtype=dtype)
-        features = torch.zeros(1, net.classifier.in_features, device=device, dtype=dtype)
-        parts = {
-            "glance": count_gflops(net.glance, lambda g, x: g.forward_features(x), frame),
-            "policy": count_gflops(net.policy, _policy_decision, glance_map, policy_state),
-            "local": count_gflops(net.local, lambda f, x: f(x), patch),
-            # the classifier's state starts inside the trace (the "fc" f_C's state is not a tensor)
-            "classifier": count_gflops(net.classifier, lambda c, x: c.step(x)[0], features),
-        }
-        skip_policy = getattr(net, "skip_policy", None)
-        if skip_policy is not None:
-            skip_state = skip_policy.init_state(1, device)
-            parts["skip_policy"] = count_gflops(skip_policy, _policy_decision, glance_map, skip_state)
+        probes = net.flops_probes()
+        counted = {name: count_gflops(probe.module, probe.fn, *probe.inputs) for name, probe in probes.items()}
     finally:
         for module, training in modes.items():
             module.training = training
+    parts = {"per_clip": 1.0} if net.capabilities.per_clip else {}
+    for name in ("glance", "policy", "local", "classifier"):
+        parts[name] = counted.get(name, 0.0)
+    if "skip_policy" in counted:
+        parts["skip_policy"] = counted["skip_policy"]
     return parts
-
-
-@torch.no_grad()
-def full_frame_component_gflops(net) -> dict[str, float]:
-    """GFLOPs of one frame through each component of a :class:`~adafocus_pl.models.full_frame.FullFrameNet`:
-    ``glance`` (f_G on the whole frame, 0 without one), ``local`` (f_L on the whole frame), ``classifier`` (one step
-    of f_C). Same convention as :func:`component_gflops`; a video costs ``num_frames`` times their sum."""
-    param = next(net.parameters())
-    frame = torch.zeros(1, 3, *net.frame_hw, device=param.device, dtype=param.dtype)
-    features = torch.zeros(1, net.classifier.in_features, device=param.device, dtype=param.dtype)
-    modes = {module: module.training for module in net.modules()}
-    net.eval()
-    try:
-        return {
-            "glance": 0.0 if net.glance is None else count_gflops(net.glance, lambda g, x: g(x), frame),
-            "local": count_gflops(net.local, lambda f, x: f(x), frame),
-            "classifier": count_gflops(net.classifier, lambda c, x: c.step(x)[0], features),
-        }
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 # component_gflops of networks seen before, keyed by their architecture (see _signature)
 _CACHE: dict[str, dict[str, float]] = {}
 
 
-def _signature(net: AdaFocusNet) -> str:
-    """What the count depends on: every layer's hyper-parameters and shapes (``repr``) and the input sizes."""
-    sizes = (net.frame_hw, net.glance_hw, net.patch_size, getattr(net, "glance_map_hw", None),
-             getattr(net, "glance_frames", None), getattr(net, "focus_frames", None))
+def _signature(net: VideoNet) -> str:
+    """What the count depends on: every layer's hyper-parameters and shapes (``repr``) and the probes' inputs."""
+    sizes = {name: [tuple(x.shape) for x in probe.inputs] for name, probe in net.flops_probes().items()}
     return f"{type(net).__qualname__}{sizes}\n{net!r}"
 
 
-def cached_component_gflops(net: AdaFocusNet) -> dict[str, float]:
+def cached_component_gflops(net: VideoNet) -> dict[str, float]:
     """:func:`component_gflops`, traced once per architecture and input size in this process."""
     key = _signature(net)
     if key not in _CACHE:
@@ -230,31 +165,31 @@ def model_component_gflops(model_cfg: Mapping, frame_hw: tuple[int, int]) -> dic
 
 
 def gflops_per_video(parts: Mapping[str, float], num_frames: int, use_local: bool = True,
-                     local_fraction: float = 1.0) -> float:
+                     keep_fraction: float = 1.0) -> float:
     """Total GFLOPs for one video of ``num_frames`` frames from per-frame component ``parts``.
 
     Facts page, "FLOPs": AdaFocus+ FLOPs = sum over frames of (f_G + policies + f_C) + kept fraction x f_L(P).
-    pi (and pi' when ``parts`` has ``skip_policy``) run on every frame; ``local_fraction`` of the frames go
+    pi (and pi' when ``parts`` has ``skip_policy``) run on every frame; ``keep_fraction`` of the frames go
     through f_L. ``use_local=False`` is the glance-only network (f_G + f_C: no policy, no f_L).
     AdaFocus-TSM's ``per_clip`` parts already hold a whole clip: ``num_frames`` is then ignored.
     """
-    if not 0.0 <= local_fraction <= 1.0:
-        raise ValueError(f"local_fraction must be in [0, 1], got {local_fraction}")
+    if not 0.0 <= keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction}")
     if parts.get("per_clip"):
         num_frames = 1
     per_frame = parts["glance"] + parts["classifier"]
     if use_local:
-        per_frame += parts["policy"] + parts.get("skip_policy", 0.0) + local_fraction * parts["local"]
+        per_frame += parts["policy"] + parts.get("skip_policy", 0.0) + keep_fraction * parts["local"]
     return num_frames * per_frame
 
 
-def net_gflops_per_video(net: AdaFocusNet, num_frames: int, use_local: bool = True,
-                         local_fraction: float = 1.0) -> float:
+def net_gflops_per_video(net: VideoNet, num_frames: int, use_local: bool = True,
+                         keep_fraction: float = 1.0) -> float:
     """GFLOPs per video of ``net`` (e.g. logged as ``model/gflops_per_video`` at fit start). The per-component
     count is traced once per architecture (a few seconds for the full-size network) and cached; pi' is counted
     when the network has one (its forward always runs it)."""
     return gflops_per_video(cached_component_gflops(net), num_frames, use_local=use_local,
-                            local_fraction=local_fraction)
+                            keep_fraction=keep_fraction)
 
 
 def _fmt(value: float) -> str:
@@ -266,21 +201,21 @@ def _fmt_total(value: float) -> str:
 
 
 def video_rows(parts: Mapping[str, float], num_frames: int,
-               keep_fractions: tuple[float, ...] | list[float] = ()) -> list[tuple[str, float, float]]:
+               etas: tuple[float, ...] | list[float] = ()) -> list[tuple[str, float, float]]:
     """``(method, fraction of frames through f_L, GFLOPs per video)``: AdaFocus (f_L on every frame, no pi'),
     AdaFocus+ at each kept fraction (needs ``parts["skip_policy"]``), and the glance-only network."""
-    if keep_fractions and "skip_policy" not in parts:
+    if etas and "skip_policy" not in parts:
         raise ValueError("AdaFocus+ rows need the skip policy pi' (a network built with skip_policy=True)")
     plain = {k: v for k, v in parts.items() if k != "skip_policy"}
     rows = [("AdaFocus", 1.0, gflops_per_video(plain, num_frames))]
-    rows += [(f"AdaFocus+ (eta={eta:g})", float(eta), gflops_per_video(parts, num_frames, local_fraction=eta))
-             for eta in keep_fractions]
+    rows += [(f"AdaFocus+ (eta={eta:g})", float(eta), gflops_per_video(parts, num_frames, keep_fraction=eta))
+             for eta in etas]
     rows.append(("glance only (f_G + f_C)", 0.0, gflops_per_video(parts, num_frames, use_local=False)))
     return rows
 
 
 def gflops_markdown(parts: Mapping[str, float], num_frames: int,
-                    keep_fractions: tuple[float, ...] | list[float] = (),
+                    etas: tuple[float, ...] | list[float] = (),
                     labels: Mapping[str, str] | None = None, title: str | None = None) -> str:
     """Markdown tables: GFLOPs per frame of each component (``labels`` names them) and per video of
     :func:`video_rows`."""
@@ -293,7 +228,7 @@ def gflops_markdown(parts: Mapping[str, float], num_frames: int,
         if key in parts:
             lines.append(f"| {names[key]} | {_fmt(parts[key])} | {_fmt(parts[key] * 1e3)} |")
     lines += ["", f"| method ({num_frames} frames) | frames through f_L (%) | GFLOPs / video |", "|---|---:|---:|"]
-    for method, fraction, total in video_rows(parts, num_frames, keep_fractions):
+    for method, fraction, total in video_rows(parts, num_frames, etas):
         lines.append(f"| {method} | {100 * fraction:.0f} | {_fmt_total(total)} |")
     lines += ["", "GFLOPs = multiply-adds of conv and linear layers (GRU gate matmuls included); BN, activations, "
               "pooling and elementwise ops ignored."]

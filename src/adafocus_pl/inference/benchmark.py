@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 
 from adafocus_pl.evaluation.flops import (
     component_gflops,
-    full_frame_component_gflops,
     gflops_per_video,
     random_weight_config,
 )
@@ -49,7 +48,7 @@ class Contender:
     engine: Callable[[torch.Tensor], dict]
     gflops_per_video: float
     patch_size: int | None = None
-    keep_ratio: float | None = None
+    eta: float | None = None
     times: dict[str, list[float]] = field(default_factory=lambda: {"latency": [], "throughput": []})
     outside: dict[str, list[float]] = field(default_factory=lambda: {"latency": [], "throughput": []})
     parts: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {"latency": [], "throughput": []})
@@ -65,7 +64,7 @@ def _model_kwargs(model_cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
 
 
 def build_contenders(model_cfg: Mapping[str, Any] | DictConfig, frame_size: int, num_frames: int,
-                     patch_sizes: Sequence[int], keep_ratio: float | None, backend: str = "eager",
+                     patch_sizes: Sequence[int], eta: float | None, backend: str = "eager",
                      channels_last: bool = True, fold_bn: bool = True, fuse_activations: bool = True,
                      device: torch.device | str = "cpu",
                      glance_chunk: int | None = DEFAULT_GLANCE_CHUNK) -> list[Contender]:
@@ -79,19 +78,18 @@ def build_contenders(model_cfg: Mapping[str, Any] | DictConfig, frame_size: int,
     contenders = []
     for glance in (kwargs["glance_backbone"], None):
         net = FullFrameNet(**{**baseline_kwargs, "glance_backbone": glance}).eval().to(device)
-        parts = full_frame_component_gflops(net)
         name = " + ".join(b for b in (glance, kwargs["local_backbone"]) if b)
         contenders.append(Contender(f"full frame: {name}", FastFullFrame(net, **engine_options),
-                                    num_frames * sum(parts.values())))
+                                    gflops_per_video(component_gflops(net), num_frames)))
     variants = [(int(p), None) for p in patch_sizes]
-    if keep_ratio is not None:
-        variants.append((int(kwargs["patch_size"]), float(keep_ratio)))
+    if eta is not None:
+        variants.append((int(kwargs["patch_size"]), float(eta)))
     for patch_size, eta in variants:
         net = AdaFocusNet(**{**kwargs, "patch_size": patch_size, "skip_policy": eta is not None}).eval().to(device)
-        gflops = gflops_per_video(component_gflops(net), num_frames, local_fraction=1.0 if eta is None else eta)
+        gflops = gflops_per_video(component_gflops(net), num_frames, keep_fraction=1.0 if eta is None else eta)
         name = f"AdaFocus P={patch_size}" if eta is None else f"AdaFocus+ P={patch_size} eta={eta:g}"
-        contenders.append(Contender(name, FastAdaFocus(net, keep_ratio=eta, **engine_options), gflops,
-                                    patch_size=patch_size, keep_ratio=eta))
+        contenders.append(Contender(name, FastAdaFocus(net, eta=eta, **engine_options), gflops,
+                                    patch_size=patch_size, eta=eta))
     return contenders
 
 
@@ -125,7 +123,7 @@ def summarise(contenders: list[Contender], batch_size: int) -> list[dict[str, An
         speedup_latency = _paired_speedup(reference.times["latency"], c.times["latency"])
         speedup_throughput = _paired_speedup(reference.times["throughput"], c.times["throughput"])
         rows.append({
-            "method": c.name, "patch_size": c.patch_size, "keep_ratio": c.keep_ratio,
+            "method": c.name, "patch_size": c.patch_size, "eta": c.eta,
             "gflops_per_video": c.gflops_per_video, "flops_ratio": flops_ratio,
             "latency_s": latency, "latency_speedup": speedup_latency,
             "latency_efficiency": speedup_latency / flops_ratio,
@@ -183,7 +181,7 @@ class BenchSettings:
     batch_size: int
     frame_size: int
     patch_sizes: list[int]
-    keep_ratio: float | None
+    eta: float | None
     repeats: int
     warmup: int
     backend: str
@@ -217,7 +215,7 @@ def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSett
     """Build, measure, print and (optionally) save; returns ``{"settings", "machine", "rows"}``."""
     device = torch.device(settings.device)
     contenders = build_contenders(model_cfg, settings.frame_size, settings.frames, settings.patch_sizes,
-                                  settings.keep_ratio, backend=settings.backend, channels_last=settings.channels_last,
+                                  settings.eta, backend=settings.backend, channels_last=settings.channels_last,
                                   fold_bn=settings.fold_bn, fuse_activations=settings.fuse_activations,
                                   device=device, glance_chunk=settings.glance_chunk)
     generator = torch.Generator().manual_seed(settings.seed)

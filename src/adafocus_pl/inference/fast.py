@@ -47,10 +47,11 @@ from adafocus_pl.inference.fusion import fold_batchnorm, fuse_conv_activations
 from adafocus_pl.inference.linear import FastLinear
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.classifier import RecurrentClassifier
+from adafocus_pl.models.contract import NetOutput
 from adafocus_pl.models.full_frame import FullFrameNet
-from adafocus_pl.models.patches import FIXED_POLICIES
+from adafocus_pl.models.patch_policies import get_patch_policy
 from adafocus_pl.models.policy import PatchPolicy
-from adafocus_pl.models.skipping import check_keep_ratio, keep_mask
+from adafocus_pl.models.skipping import check_eta, keep_mask
 
 log = logging.getLogger(__name__)
 
@@ -223,52 +224,58 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def supports_fast_path(net: nn.Module) -> bool:
+    """Whether :class:`FastAdaFocus` runs ``net``: a patch network with one patch per frame."""
+    caps = net.capabilities
+    return isinstance(net, AdaFocusNet) and caps.has_policy and not caps.per_clip
+
+
 class FastAdaFocus(_Engine):
     """Offline AdaFocus / AdaFocus+ inference (see the module docstring): ``engine(frames) -> dict``.
 
-    AdaFocus+ (a network with pi'): ``keep_threshold`` rho keeps the frames with p_t^B >= rho (the value the Stage
-    III+ checkpoint stores); ``keep_ratio`` eta instead keeps the top eta of each call's frames (rho solved on the
-    batch, as for training; the benchmark uses it so that exactly eta of the frames run f_L). Neither: every frame
-    runs f_L, as in the network's own forward. ``patch_policy``: "learned" (argmax of pi) or a fixed policy
-    ("random", "centre", "gaussian"; ``generator`` drives the random ones).
+    AdaFocus+ (a network with pi'): ``rho`` keeps the frames with p_t^B >= rho (the value the Stage III+
+    checkpoint stores); ``eta`` instead keeps the top eta of each call's frames (rho solved on the batch, as for
+    training; the benchmark uses it so that exactly eta of the frames run f_L). Neither: every frame runs f_L, as
+    in the network's own forward. ``patch_policy``: "learned" (argmax of pi) or a registered fixed policy
+    (``generator`` drives the random ones).
     """
 
     def __init__(self, net: AdaFocusNet, backend: str = "eager", channels_last: bool = True, fold_bn: bool = True,
-                 fuse_activations: bool = True, keep_threshold: float | None = None,
-                 keep_ratio: float | None = None, profile: bool = False,
+                 fuse_activations: bool = True, rho: float | None = None,
+                 eta: float | None = None, profile: bool = False,
                  patch_policy: str = "learned", generator: torch.Generator | None = None,
                  glance_chunk: int | None = DEFAULT_GLANCE_CHUNK):
-        if patch_policy not in ("learned", *FIXED_POLICIES):
-            raise ValueError(f"patch_policy must be 'learned' or one of {FIXED_POLICIES}, got {patch_policy!r}")
-        if not isinstance(net, AdaFocusNet):
-            raise TypeError(f"FastAdaFocus runs an AdaFocusNet, got {type(net).__name__} (AdaFocus-TSM networks "
-                            f"run through their own forward)")
-        if (keep_threshold is not None or keep_ratio is not None) and not net.has_skip_policy:
-            raise ValueError("keep_threshold/keep_ratio need AdaFocus+'s skip policy pi' (model.skip_policy=true)")
-        if keep_threshold is not None and keep_ratio is not None:
-            raise ValueError("give keep_threshold (rho) or keep_ratio (eta), not both")
+        if get_patch_policy(patch_policy).kind not in ("learned", "fixed"):
+            raise ValueError(f"patch_policy must be 'learned' or a fixed policy, got {patch_policy!r}")
+        if not supports_fast_path(net):
+            raise TypeError(f"FastAdaFocus runs a network with a patch per frame (AdaFocusNet), got "
+                            f"{type(net).__name__} (AdaFocus-TSM networks run through their own forward)")
+        if (rho is not None or eta is not None) and not net.capabilities.has_skip_policy:
+            raise ValueError("rho/eta need AdaFocus+'s skip policy pi' (model.skip_policy=true)")
+        if rho is not None and eta is not None:
+            raise ValueError("give rho or eta, not both")
         super().__init__(net, backend, channels_last, fold_bn, fuse_activations, profile, glance_chunk)
-        self.keep_threshold = None if keep_threshold is None else float(keep_threshold)
-        self.keep_ratio = None if keep_ratio is None else check_keep_ratio(keep_ratio)
+        self.rho = None if rho is None else float(rho)
+        self.eta = None if eta is None else check_eta(eta)
         self.patch_policy, self.generator = patch_policy, generator
         self.glance = self._prepare(net.glance, "forward_features")
         self.local = self._prepare(net.local, "forward")
         self.policy = _PolicyScan(net.policy)
-        self.skip_policy = _PolicyScan(net.skip_policy) if net.has_skip_policy else None
+        self.skip_policy = _PolicyScan(net.skip_policy) if net.capabilities.has_skip_policy else None
         self.classifier = _ClassifierScan(net.classifier)
 
     def _keep(self, glance_maps: Tensor) -> Tensor | None:
         """b_t ``[B, T]`` (Eq. 8 and Sec. 3.3's rho), or None when every frame runs f_L."""
-        if self.skip_policy is None or (self.keep_threshold is None and self.keep_ratio is None):
+        if self.skip_policy is None or (self.rho is None and self.eta is None):
             return None
-        return keep_mask(self.skip_policy(glance_maps).squeeze(-1), self.keep_threshold, self.keep_ratio)
+        return keep_mask(self.skip_policy(glance_maps).squeeze(-1), self.rho, self.eta)
 
     @torch.inference_mode()
-    def __call__(self, frames: Tensor) -> dict[str, Tensor | None]:
+    def __call__(self, frames: Tensor) -> NetOutput:
         """``frames [B, T, 3, H, W]`` (normalised) -> ``logits [B, T, K]`` (the prediction after each frame; the
         video's is the last), ``actions [B, T]``, ``offsets [B, T, 2]`` and ``keep [B, T]`` (None unless skipping)."""
         net = self.net
-        net._check_frames(frames)
+        net.check_frames(frames)
         batch, steps = frames.shape[:2]
         glance_maps = self._run("glance", self.glance, net.glance_inputs(frames)).unflatten(0, (batch, steps))
         glance_features = glance_maps.mean(dim=(-2, -1))
@@ -277,7 +284,7 @@ class FastAdaFocus(_Engine):
             offsets = net.actions_to_offsets(actions)
         else:  # a fixed policy (e.g. a Stage I checkpoint, trained on random patches, Eq. 5)
             actions = None
-            offsets = net.fixed_offsets(self.patch_policy, batch, steps, frames.device, self.generator)
+            offsets = net.draw_offsets(self.patch_policy, batch, steps, frames.device, self.generator)
         keep = self._keep(glance_maps)
         run_local = partial(self._run, "local", self.local)
         if keep is None:
@@ -285,7 +292,7 @@ class FastAdaFocus(_Engine):
         else:
             local = net.kept_local_features(frames, offsets, keep, local=run_local)
         features = net.classifier_inputs(glance_features, local)
-        return {"logits": self.classifier(features), "actions": actions, "offsets": offsets, "keep": keep}
+        return NetOutput(self.classifier(features), actions=actions, offsets=offsets, keep=keep)
 
 
 class FastFullFrame(_Engine):
@@ -301,9 +308,9 @@ class FastFullFrame(_Engine):
         self.classifier = _ClassifierScan(net.classifier)
 
     @torch.inference_mode()
-    def __call__(self, frames: Tensor) -> dict[str, Tensor | None]:
-        """``frames [B, T, 3, H, W]`` -> ``{"logits": [B, T, K]}``."""
+    def __call__(self, frames: Tensor) -> NetOutput:
+        """``frames [B, T, 3, H, W]`` -> ``logits [B, T, K]``."""
         glance, local = self.net.features(
             frames, glance=None if self.glance is None else partial(self._run, "glance", self.glance),
             local=partial(self._run, "local", self.local))
-        return {"logits": self.classifier(self.net.classifier_inputs(glance, local))}
+        return NetOutput(self.classifier(self.net.classifier_inputs(glance, local)))

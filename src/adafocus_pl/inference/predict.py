@@ -25,13 +25,13 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
+from adafocus_pl.checkpoint import LoadedCheckpoint
 from adafocus_pl.data.datasets import VideoFileDataset, resolve_under
 from adafocus_pl.data.listfile import VideoRecord, read_text_lines
 from adafocus_pl.data.transforms import ClipEvalTransform, normalize_on_device
-from adafocus_pl.evaluation.evaluate import LoadedCheckpoint
 from adafocus_pl.evaluation.plots import plot_patches
-from adafocus_pl.inference.fast import FastAdaFocus
-from adafocus_pl.models.adafocus import AdaFocusNet
+from adafocus_pl.inference.fast import FastAdaFocus, supports_fast_path
+from adafocus_pl.models.patch_policies import get_patch_policy
 
 log = logging.getLogger(__name__)
 
@@ -152,21 +152,21 @@ class Predictor:
     """Loads once, predicts many videos: ``Predictor(ckpt, data_cfg, ...)(video_path) -> Prediction``."""
 
     def __init__(self, ckpt: LoadedCheckpoint, data_cfg: DictConfig, top_k: int = 5, backend: str = "eager",
-                 device: torch.device | str = "cpu", keep_threshold: float | None = None, seed: int = 0):
+                 device: torch.device | str = "cpu", rho: float | None = None, seed: int = 0):
         self.ckpt, self.data_cfg, self.device = ckpt, data_cfg, torch.device(device)
         self.net = ckpt.net.eval().to(self.device)
         self.top_k = max(1, min(int(top_k), self.net.num_classes))
         self.names = class_names(data_cfg, self.net.num_classes)
         self.mean, self.std = list(data_cfg.mean), list(data_cfg.std)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        rho = keep_threshold if keep_threshold is not None else ckpt.keep_threshold
-        self.keep_threshold = rho if getattr(self.net, "has_skip_policy", False) else None
-        if keep_threshold is not None and self.keep_threshold is None:
-            raise ValueError("predict.keep_threshold needs an AdaFocus+ checkpoint (a network with pi')")
+        plus = self.net.capabilities.has_skip_policy
+        if rho is not None and not plus:
+            raise ValueError("predict.rho needs an AdaFocus+ checkpoint (a network with pi')")
+        self.rho = (rho if rho is not None else ckpt.rho) if plus else None
         self.engine = None
-        if isinstance(self.net, AdaFocusNet):
-            self.engine = FastAdaFocus(self.net, backend=backend, keep_threshold=self.keep_threshold,
-                                       patch_policy=ckpt.patch_policy, generator=generator)
+        if supports_fast_path(self.net) and get_patch_policy(ckpt.patch_policy).kind in ("learned", "fixed"):
+            self.engine = FastAdaFocus(self.net, backend=backend, rho=self.rho, patch_policy=ckpt.patch_policy,
+                                       generator=generator)
         self.generator = generator
 
     def _forward(self, sample: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None,
@@ -174,17 +174,17 @@ class Predictor:
         frames = normalize_on_device(sample["frames"][None].to(self.device), self.mean, self.std)
         if self.engine is not None:
             out = self.engine(frames)
-            return out["logits"][0, -1], out["offsets"][0], None if out["keep"] is None else out["keep"][0]
+            return out.logits[0, -1], out.offsets[0], None if out.keep is None else out.keep[0]
         focus = sample.get("focus_frames")
         focus = None if focus is None else normalize_on_device(focus[None].to(self.device), self.mean, self.std)
         policy = self.ckpt.patch_policy
         with torch.inference_mode():
             out = self.net(frames, patch_policy=policy, focus_frames=focus, generator=self.generator)
-        offsets = out.get("offsets")
+        offsets = out.offsets
         steps = (focus if focus is not None else frames).shape[1]
         offsets = (torch.zeros(steps, 2, dtype=torch.long) if offsets is None
                    else offsets[0].expand(steps, 2) if offsets.shape[1] == 1 else offsets[0])
-        return out["logits"][0, -1], offsets, None
+        return out.logits[0, -1], offsets, None
 
     def __call__(self, video: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  name: str | None = None) -> Prediction:

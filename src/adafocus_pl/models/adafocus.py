@@ -17,28 +17,34 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution
 
 from adafocus_pl.models.classifier import build_classifier
-from adafocus_pl.models.patches import (
-    check_patch_size,
-    crop_patches,
-    fixed_policy_offsets,
-    frame_pair,
-    grid_offsets,
+from adafocus_pl.models.contract import (
+    Capabilities,
+    FlopsProbe,
+    NetOutput,
+    PatchRequest,
+    SkipRequest,
+    VideoNet,
+    feature_map_hw,
+    register_architecture,
 )
-from adafocus_pl.models.policy import PatchPolicy, categorical_actions, choose_patches
+from adafocus_pl.models.patch_policies import get_patch_policy
+from adafocus_pl.models.patches import check_patch_size, crop_patches, frame_pair, grid_offsets
+from adafocus_pl.models.policy import PatchPolicy, categorical_actions, choose_patches, policy_decision
 from adafocus_pl.models.registry import create_backbone
 from adafocus_pl.models.skipping import keep_mask
 
-PATCH_POLICIES = ("learned", "random", "centre", "gaussian", "given", "none")
 
-
-class AdaFocusNet(nn.Module):
+@register_architecture("adafocus")
+class AdaFocusNet(VideoNet):
     """The AdaFocus network, built from plain values (Hydra-instantiable, savable as hparams).
 
     Sub-modules: ``glance`` (f_G), ``local`` (f_L), ``policy`` (pi), ``classifier`` (f_C).
     ``frame_size`` is the (H, W) of the input frames; it fixes the candidate grid and the policy's input size.
     """
 
-    locations_per_clip = None  # a patch location per frame (AdaFocus-TSM: one per video)
+    shape_keys = ("architecture", "num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size",
+                  "classifier")
+    supports_skip_policy = True
 
     def __init__(
         self,
@@ -75,7 +81,7 @@ class AdaFocusNet(nn.Module):
         self.local = create_backbone(local_backbone, pretrained=local_pretrained, **dict(local_kwargs or {}))
         self.register_buffer("grid", grid_offsets(self.grid_size, self.frame_hw, self.patch_size), persistent=False)
 
-        self.glance_map_hw = self._glance_map_hw()
+        self.glance_map_hw = feature_map_hw(self.glance, self.glance_hw or self.frame_hw)
         self.policy = PatchPolicy(
             self.glance.num_features,
             self.glance_map_hw,
@@ -91,20 +97,13 @@ class AdaFocusNet(nn.Module):
         )
         in_features = self.local.num_features + (self.glance.num_features if self.use_glance_features else 0)
         self.classifier = build_classifier(classifier, in_features, num_classes, classifier_hidden, dropout)
+        self.capabilities = Capabilities(has_policy=True, has_skip_policy=skip_policy, per_clip=False,
+                                         uses_glance_features=self.use_glance_features)
 
     # ----------------------------------------------------------------------------------------------- properties
     @property
     def num_actions(self) -> int:
         return self.grid_size**2
-
-    @property
-    def has_skip_policy(self) -> bool:
-        """True for AdaFocus+ (a pi' that can skip f_L on a frame)."""
-        return self.skip_policy is not None
-
-    @property
-    def num_classes(self) -> int:
-        return self.classifier.num_classes
 
     @property
     def feature_dims(self) -> dict[str, int]:
@@ -115,16 +114,8 @@ class AdaFocusNet(nn.Module):
             "classifier": self.classifier.in_features,
         }
 
-    @torch.no_grad()
-    def _glance_map_hw(self) -> tuple[int, int]:
-        was_training = self.glance.training
-        self.glance.eval()
-        probe = torch.zeros(1, 3, *(self.glance_hw or self.frame_hw))
-        map_h, map_w = self.glance.forward_features(probe).shape[-2:]
-        self.glance.train(was_training)
-        return int(map_h), int(map_w)
-
-    def _check_frames(self, frames: Tensor) -> None:
+    def check_frames(self, frames: Tensor) -> None:
+        """Raise a clear error unless ``frames`` is ``[B, T, 3, H, W]`` at the model's frame size."""
         if frames.dim() != 5 or frames.shape[2] != 3 or tuple(frames.shape[-2:]) != self.frame_hw:
             raise ValueError(
                 f"expected frames [B, T, 3, {self.frame_hw[0]}, {self.frame_hw[1]}] (frame_size of the model), "
@@ -236,88 +227,71 @@ class AdaFocusNet(nn.Module):
         """Argmax of pi (test time) or a draw from its categorical distribution (training), shape ``[...]``."""
         return categorical_actions(policy_logits, sample=sample, generator=generator)
 
-    def fixed_offsets(
-        self, patch_policy: str, batch: int, steps: int, device, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Offsets ``[B, T, 2]`` of the fixed policies "random" (Eq. 5), "centre" and "gaussian" (Table 5)."""
-        offsets = fixed_policy_offsets(patch_policy, batch * steps, self.frame_hw, self.patch_size,
-                                       gaussian_std=self.gaussian_std, generator=generator, device=device)
+    def draw_offsets(self, patch_policy: str, batch: int, steps: int, device=None,
+                     generator: torch.Generator | None = None) -> Tensor:
+        """Offsets ``[B, T, 2]`` of a fixed policy: "random" (Eq. 5), "centre" and "gaussian" (Table 5), ..."""
+        offsets = get_patch_policy(patch_policy).draw(batch * steps, self.frame_hw, self.patch_size,
+                                                      generator=generator, device=device,
+                                                      gaussian_std=self.gaussian_std)
         return offsets.reshape(batch, steps, 2)
 
     # ------------------------------------------------------------------------------------------------- forward
-    def forward(
-        self,
-        frames: Tensor,
-        patch_policy: str = "learned",
-        actions: Tensor | None = None,
-        sample: bool = False,
-        generator: torch.Generator | None = None,
-        offsets: Tensor | None = None,
-        keep: Tensor | None = None,
-        keep_threshold: float | None = None,
-        batch_keep_ratio: float | None = None,
-        focus_frames: Tensor | None = None,
-    ) -> dict[str, Tensor | None]:
+    def recognise(self, frames: Tensor, patches: PatchRequest, skip: SkipRequest,
+                  focus_frames: Tensor | None) -> NetOutput:
         """Offline path (Sec. 3.4): f_G over all frames, pi steps on cheap features, one crop, f_L over all patches,
-        f_C steps.
+        f_C steps. Outputs ``[B, T, ...]`` (see :class:`NetOutput`); with the "none" policy f_L never runs and
+        e_L-bar is zero.
 
-        ``patch_policy``: "learned" (argmax of pi, or a draw when ``sample``), "random", "centre", "gaussian",
-        "given" (``actions [B, T]`` grid indices, or raw ``offsets [B, T, 2]``), or "none" (glance only: f_L never
-        runs, e_L-bar is zero). Returns a dict with ``logits
-        [B, T, K]``, ``actions [B, T]`` (None unless on the grid), ``offsets [B, T, 2]``, ``policy_logits
-        [B, T, A]`` and ``values [B, T]`` (None for non-learned policies), ``glance_features [B, T, F_G]``,
-        ``local_features [B, T, F_L]``.
-
-        AdaFocus+ (Sec. 3.3): ``keep [B, T]`` (bool) gives b_t directly; otherwise, with a pi' and a
-        ``keep_threshold`` rho, b_t = [p_t^B >= rho]. Skipped frames are not cropped and never reach f_L; their e_L-bar
-        is zero. The dict then also has ``keep [B, T]``, ``skip_logits`` and ``skip_values`` ``[B, T]``.
-        ``batch_keep_ratio`` eta (training): keep the top eta of this batch's p_t^B (rho solved on the batch).
+        AdaFocus+ (Sec. 3.3): ``skip.keep`` gives b_t directly; otherwise b_t = [p_t^B >= rho], or (training) the
+        top ``batch_eta`` of this batch's p_t^B. Skipped frames are not cropped and never reach f_L; their e_L-bar
+        is zero. pi' runs whenever the network has it, so ``skip_logits`` are always there for AdaFocus+.
         """
-        if patch_policy not in PATCH_POLICIES:
-            raise ValueError(f"patch_policy must be one of {PATCH_POLICIES}, got {patch_policy!r}")
-        if focus_frames is not None:
-            raise ValueError("AdaFocusNet glances at and focuses on the same frames: leave data.num_focus_segments "
-                             "null (separate focus frames are for AdaFocus-TSM, model=adafocus_tsm)")
-        self._check_frames(frames)
+        self.check_frames(frames)
         batch, steps = frames.shape[:2]
         glance_maps = self.glance_maps(frames)
         glance_features = glance_maps.mean(dim=(-2, -1))
 
-        if patch_policy == "none":
+        if not patches.policy.uses_local:
             local_features = glance_features.new_zeros(batch, steps, self.local.num_features)
-            return {"logits": self.classify(glance_features, local_features), "actions": None, "offsets": None,
-                    "policy_logits": None, "values": None, "glance_features": glance_features,
-                    "local_features": local_features, "keep": None, "skip_logits": None, "skip_values": None}
+            return NetOutput(self.classify(glance_features, local_features), glance_features, local_features)
         actions, offsets, policy_logits, values = choose_patches(
-            self, patch_policy, glance_maps, partial(self.fixed_offsets, patch_policy, batch, steps, frames.device,
-                                                     generator),
-            actions=actions, offsets=offsets, sample=sample, generator=generator)
+            self, patches, glance_maps,
+            partial(self.draw_offsets, patches.policy.name, batch, steps, frames.device, patches.generator))
 
+        keep = skip.keep
         skip_logits = skip_values = None
         if self.skip_policy is not None:
             skip_logits, skip_values = self.skip_rollout(glance_maps)
             if keep is None:
-                keep = keep_mask(skip_logits, keep_threshold, batch_keep_ratio)
-        elif keep_threshold is not None or batch_keep_ratio is not None:
-            raise ValueError("keep_threshold needs AdaFocus+'s skip policy pi' (model.skip_policy=true)")
+                keep = keep_mask(skip_logits, skip.rho, skip.batch_eta)
         if keep is None:
             local_features = self.local_features(self.crop(frames, offsets))
         else:
             keep = keep.to(device=frames.device, dtype=torch.bool)
             local_features = self.kept_local_features(frames, offsets, keep)
-        logits = self.classify(glance_features, local_features)
-        return {
-            "logits": logits,
-            "actions": actions,
-            "offsets": offsets,
-            "policy_logits": policy_logits,
-            "values": values,
-            "glance_features": glance_features,
-            "local_features": local_features,
-            "keep": keep,
-            "skip_logits": skip_logits,
-            "skip_values": skip_values,
+        return NetOutput(self.classify(glance_features, local_features), glance_features, local_features,
+                         actions=actions, offsets=offsets, policy_logits=policy_logits, values=values, keep=keep,
+                         skip_logits=skip_logits, skip_values=skip_values)
+
+    def flops_probes(self) -> dict[str, FlopsProbe]:
+        """One frame through each component (Sec. 3.4): f_G on the (glance-sized) frame, one decision of pi (and
+        of pi'), f_L on one P x P patch, one step of f_C."""
+        param = next(self.parameters())
+        zeros = partial(torch.zeros, device=param.device, dtype=param.dtype)
+        glance_map = zeros(1, self.glance.num_features, *self.glance_map_hw)
+        probes = {
+            "glance": FlopsProbe(self.glance, lambda g, x: g.forward_features(x),
+                                 (zeros(1, 3, *(self.glance_hw or self.frame_hw)),)),
+            "policy": FlopsProbe(self.policy, policy_decision, (glance_map, self.policy.init_state(1, param.device))),
+            "local": FlopsProbe(self.local, lambda f, x: f(x), (zeros(1, 3, self.patch_size, self.patch_size),)),
+            # the classifier's state starts inside the trace (the "fc" f_C's state is not a tensor)
+            "classifier": FlopsProbe(self.classifier, lambda c, x: c.step(x)[0],
+                                     (zeros(1, self.classifier.in_features),)),
         }
+        if self.skip_policy is not None:
+            probes["skip_policy"] = FlopsProbe(self.skip_policy, policy_decision,
+                                               (glance_map, self.skip_policy.init_state(1, param.device)))
+        return probes
 
     def online(self, **kwargs) -> OnlineAdaFocus:
         """An ``OnlineAdaFocus`` stepping this network frame by frame."""
@@ -328,7 +302,8 @@ class OnlineAdaFocus:
     """Online recognition (Sec. 3.1): one frame at a time, keeping pi's and f_C's hidden states.
 
     ``step(frame [B, 3, H, W]) -> logits [B, K]``, the prediction after this frame. In eval mode with the argmax
-    policy it reproduces the offline ``AdaFocusNet.forward`` logits at every step.
+    policy it reproduces the offline ``AdaFocusNet.forward`` logits at every step. ``rho``: AdaFocus+'s threshold
+    on p_t^B (f_L runs where p_t^B >= rho).
     """
 
     def __init__(
@@ -337,14 +312,15 @@ class OnlineAdaFocus:
         patch_policy: str = "learned",
         sample: bool = False,
         generator: torch.Generator | None = None,
-        keep_threshold: float | None = None,
+        rho: float | None = None,
     ):
-        if patch_policy not in PATCH_POLICIES or patch_policy in ("given", "none"):
-            raise ValueError(f"online patch_policy must be learned/random/centre/gaussian, got {patch_policy!r}")
-        if keep_threshold is not None and not net.has_skip_policy:
-            raise ValueError("keep_threshold needs AdaFocus+'s skip policy pi' (model.skip_policy=true)")
-        self.net, self.patch_policy, self.sample, self.generator = net, patch_policy, sample, generator
-        self.keep_threshold = keep_threshold
+        policy = get_patch_policy(patch_policy)
+        if policy.kind not in ("learned", "fixed"):
+            raise ValueError(f"online patch_policy must be learned or a fixed policy, got {patch_policy!r}")
+        if rho is not None and not net.capabilities.has_skip_policy:
+            raise ValueError("rho needs AdaFocus+'s skip policy pi' (model.skip_policy=true)")
+        self.net, self.patch_policy, self.sample, self.generator = net, policy, sample, generator
+        self.rho = rho
         self.reset()
 
     def reset(self, batch_size: int | None = None) -> None:
@@ -361,22 +337,22 @@ class OnlineAdaFocus:
         """Process one frame ``[B, 3, H, W]``; return f_C's logits ``[B, K]`` given frames 1..t."""
         net = self.net
         frames = frame.unsqueeze(1)  # [B, 1, 3, H, W]
-        net._check_frames(frames)
+        net.check_frames(frames)
         glance_maps = net.glance_maps(frames)
         glance_features = glance_maps.mean(dim=(-2, -1))[:, 0]
-        if self.patch_policy == "learned":
+        if self.patch_policy.kind == "learned":
             policy_logits, _, self.policy_state = net.policy.step(glance_maps[:, 0], self.policy_state)
             actions = net.select_actions(policy_logits, sample=self.sample, generator=self.generator)
             offsets = net.actions_to_offsets(actions)
             self.last_actions = actions
         else:
-            offsets = net.fixed_offsets(self.patch_policy, frame.shape[0], 1, frame.device, self.generator)[:, 0]
+            offsets = net.draw_offsets(self.patch_policy.name, frame.shape[0], 1, frame.device, self.generator)[:, 0]
         self.last_offsets = offsets
-        if self.keep_threshold is None:
+        if self.rho is None:
             local_features = net.local_features(net.crop(frames, offsets[:, None]))[:, 0]
         else:  # AdaFocus+: pi' steps on the same e_G; f_L runs only where p_t^B >= rho
             skip_logit, _, self.skip_state = net.skip_policy.step(glance_maps[:, 0], self.skip_state)
-            keep = torch.sigmoid(skip_logit.squeeze(-1).float()) >= self.keep_threshold
+            keep = torch.sigmoid(skip_logit.squeeze(-1).float()) >= self.rho
             local_features = net.kept_local_features(frames, offsets[:, None], keep[:, None])[:, 0]
             self.last_keep = keep
         inputs = net.classifier_inputs(glance_features, local_features)

@@ -11,8 +11,9 @@
 The full-frame baselines of Table 3 are the same class with ``location_policy="full"`` (f_L sees whole frames, no
 pi): TSM+ (both backbones, ``focus_frames = glance_frames``) and TSM (``use_glance=False``: ResNet-50 alone).
 
-Outputs follow :class:`AdaFocusNet`'s dict with one step: ``logits [B, 1, K]``; ``actions``, ``policy_logits``,
-``values`` have one entry per video; ``offsets [B, T_L, 2]`` repeat the video's location for every focus frame.
+Outputs are :class:`~adafocus_pl.models.contract.NetOutput` with one step: ``logits [B, 1, K]``; ``actions``,
+``policy_logits``, ``values`` have one entry per video; ``offsets [B, T_L, 2]`` repeat the video's location for
+every focus frame.
 """
 
 from __future__ import annotations
@@ -25,14 +26,18 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from adafocus_pl.models.adafocus import PATCH_POLICIES
-from adafocus_pl.models.patches import (
-    check_patch_size,
-    crop_patches,
-    fixed_policy_offsets,
-    frame_pair,
-    grid_offsets,
+from adafocus_pl.models.contract import (
+    Capabilities,
+    FlopsProbe,
+    NetOutput,
+    PatchRequest,
+    SkipRequest,
+    VideoNet,
+    feature_map_hw,
+    register_architecture,
 )
+from adafocus_pl.models.patch_policies import get_patch_policy
+from adafocus_pl.models.patches import check_patch_size, crop_patches, frame_pair, grid_offsets
 from adafocus_pl.models.policy import PatchPolicy, categorical_actions, choose_patches
 from adafocus_pl.models.registry import create_backbone
 
@@ -52,7 +57,8 @@ class ConcatLinearClassifier(nn.Module):
         return self.fc(self.dropout(features))
 
 
-class AdaFocusTSMNet(nn.Module):
+@register_architecture("adafocus_tsm")
+class AdaFocusTSMNet(VideoNet):
     """AdaFocus-TSM and the TSM / TSM+ baselines (see the module docstring), built from plain values.
 
     Frames are ``[B, T_G, 3, H, W]`` (glance) and ``focus_frames [B, T_L, 3, H, W]`` (focus; the glance frames
@@ -60,9 +66,10 @@ class AdaFocusTSMNet(nn.Module):
     no-shift ablation).
     """
 
-    locations_per_clip = 1  # one patch location per video (paper Sec. 4.2)
-    has_skip_policy = False
-    skip_policy = None
+    shape_keys = ("architecture", "num_classes", "patch_size", "glance_backbone", "local_backbone", "grid_size",
+                  "location_policy", "glance_frames", "focus_frames", "temporal_shift", "use_glance")
+    # AdaFocus+ (frame skipping) is not defined for one location per video: paper Sec. 4.2 evaluates AdaFocus only
+    supports_skip_policy = False
 
     def __init__(
         self,
@@ -87,12 +94,8 @@ class AdaFocusTSMNet(nn.Module):
         location_std: float = 0.25,
         dropout: float = 0.5,
         gaussian_std: float = 0.25,
-        skip_policy: bool = False,
     ):
         super().__init__()
-        if skip_policy:
-            raise ValueError("AdaFocus+ (frame skipping) is not defined for AdaFocus-TSM, which picks one location per "
-                             "video (paper Sec. 4.2 evaluates AdaFocus only): run it with plus=off")
         if location_policy not in LOCATION_POLICIES:
             raise ValueError(f"model.location_policy must be one of {LOCATION_POLICIES}, got {location_policy!r}")
         if location_policy != "full" and not use_glance:
@@ -127,34 +130,20 @@ class AdaFocusTSMNet(nn.Module):
                              if not self.full_frame else torch.zeros(1, 2, dtype=torch.long), persistent=False)
         self.policy = None
         if not self.full_frame:
-            self.glance_map_hw = self._glance_map_hw()
+            self.glance_map_hw = feature_map_hw(self.glance, self.frame_hw, frames=self.glance_frames)
             actions = 2 if location_policy == "gaussian" else self.grid_size**2
             self.policy = PatchPolicy(self.glance.num_features, self.glance_map_hw, actions,
                                       conv_channels=policy_conv_channels, hidden=policy_hidden)
         in_features = self.local.num_features + (self.glance.num_features if use_glance else 0)
         self.classifier = ConcatLinearClassifier(in_features, num_classes, dropout=dropout)
+        self.capabilities = Capabilities(has_policy=self.policy is not None, has_skip_policy=False, per_clip=True,
+                                         uses_glance_features=use_glance, crops_patches=not self.full_frame,
+                                         separate_focus_frames=not self.full_frame)
 
     # ----------------------------------------------------------------------------------------------- properties
     @property
-    def num_classes(self) -> int:
-        return self.classifier.num_classes
-
-    @property
-    def use_glance_features(self) -> bool:
-        return self.glance is not None
-
-    @property
     def num_actions(self) -> int:
         return 0 if self.policy is None else self.policy.num_actions
-
-    @torch.no_grad()
-    def _glance_map_hw(self) -> tuple[int, int]:
-        was_training = self.glance.training
-        self.glance.eval()
-        probe = torch.zeros(self.glance_frames, 3, *self.frame_hw)
-        map_h, map_w = self.glance.forward_features(probe).shape[-2:]
-        self.glance.train(was_training)
-        return int(map_h), int(map_w)
 
     def _check(self, frames: Tensor, steps: int, what: str) -> None:
         if frames.dim() != 5 or frames.shape[1] != steps or frames.shape[2] != 3 or \
@@ -200,12 +189,12 @@ class AdaFocusTSMNet(nn.Module):
             return torch.round(actions.float().clamp(0.0, 1.0) * span).long()
         return self.grid[actions]
 
-    def fixed_offsets(self, patch_policy: str, batch: int, steps: int = 1, device=None,
-                      generator: torch.Generator | None = None) -> Tensor:
-        """One location per video ``[B, 1, 2]`` of a fixed policy ("random", "centre", "gaussian"; ``steps`` is
-        ignored: the location holds for the whole clip)."""
-        return fixed_policy_offsets(patch_policy, batch, self.frame_hw, self.patch_size, gaussian_std=self.gaussian_std,
-                                    generator=generator, device=device)[:, None]
+    def draw_offsets(self, patch_policy: str, batch: int, steps: int = 1, device=None,
+                     generator: torch.Generator | None = None) -> Tensor:
+        """One location per video ``[B, 1, 2]`` of a fixed policy (``steps`` is ignored: the location holds for the
+        whole clip)."""
+        return get_patch_policy(patch_policy).draw(batch, self.frame_hw, self.patch_size, generator=generator,
+                                                   device=device, gaussian_std=self.gaussian_std)[:, None]
 
     def local_features(self, focus_frames: Tensor, offsets: Tensor | None) -> Tensor:
         """e_L-bar ``[B, T_L, F_L]``: the video's patch (``offsets [B, 1, 2]``) cropped from every focus frame in
@@ -236,19 +225,10 @@ class AdaFocusTSMNet(nn.Module):
         return [self.classify(glance, part) for part in local.chunk(n)]
 
     # ------------------------------------------------------------------------------------------------- forward
-    def forward(self, frames: Tensor, patch_policy: str = "learned", actions: Tensor | None = None,
-                sample: bool = False, generator: torch.Generator | None = None, offsets: Tensor | None = None,
-                focus_frames: Tensor | None = None, keep: Tensor | None = None,
-                keep_threshold: float | None = None, batch_keep_ratio: float | None = None) -> dict[str, Any]:
-        """Offline recognition of a clip (see the class docstring); ``patch_policy`` as in ``AdaFocusNet``, with one
-        location per video ("given": ``actions`` or ``offsets [B, 1, 2]``)."""
-        if patch_policy not in PATCH_POLICIES:
-            raise ValueError(f"patch_policy must be one of {PATCH_POLICIES}, got {patch_policy!r}")
-        if keep is not None or keep_threshold is not None or batch_keep_ratio is not None:
-            raise ValueError("AdaFocus-TSM has no frame skipping (AdaFocus+): run it with plus=off")
-        if self.full_frame and focus_frames is not None:
-            raise ValueError("the full-frame baselines (TSM, TSM+) run f_L on the glance frames: set "
-                             "data.num_focus_segments=null")
+    def recognise(self, frames: Tensor, patches: PatchRequest, skip: SkipRequest,
+                  focus_frames: Tensor | None) -> NetOutput:
+        """Offline recognition of a clip (see the class docstring), one location per video ("given": ``actions``
+        or ``offsets [B, 1, 2]``)."""
         focus = frames if focus_frames is None else focus_frames
         self._check(focus, self.focus_frames, "focus")
         batch = frames.shape[0]
@@ -256,28 +236,45 @@ class AdaFocusTSMNet(nn.Module):
         if self.glance is not None:
             glance_maps = self.glance_maps(frames)
             glance_features = glance_maps.mean(dim=(-2, -1))
-        policy_logits = values = None
+        actions = offsets = policy_logits = values = None
         if self.full_frame:
-            actions = offsets = None
-            if patch_policy == "none":
+            if not patches.policy.uses_local:
                 raise ValueError("a full-frame baseline always runs f_L (patch_policy=none is for patch models)")
-        elif patch_policy == "none":
+        elif not patches.policy.uses_local:
             local = glance_features.new_zeros(batch, self.focus_frames, self.local.num_features)
-            return self._output(self.classify(glance_features, local), None, None, None, None, glance_features, local)
+            return NetOutput(self.classify(glance_features, local), glance_features, local)
         else:
             actions, offsets, policy_logits, values = choose_patches(
-                self, patch_policy, glance_maps,
-                partial(self.fixed_offsets, patch_policy, batch, device=frames.device, generator=generator),
-                actions=actions, offsets=offsets, sample=sample, generator=generator)
-            if patch_policy == "given":  # one location per video: [B, 1, 2]
+                self, patches, glance_maps,
+                partial(self.draw_offsets, patches.policy.name, batch, device=frames.device,
+                        generator=patches.generator))
+            if patches.policy.kind == "given":  # one location per video: [B, 1, 2]
                 offsets = offsets.reshape(batch, -1, 2)[:, :1]
         local = self.local_features(focus, offsets)
         clip_offsets = None if offsets is None else offsets.expand(batch, self.focus_frames, 2)
-        return self._output(self.classify(glance_features, local), actions, clip_offsets, policy_logits, values,
-                            glance_features, local)
+        return NetOutput(self.classify(glance_features, local), glance_features, local, actions=actions,
+                         offsets=clip_offsets, policy_logits=policy_logits, values=values)
 
-    @staticmethod
-    def _output(logits, actions, offsets, policy_logits, values, glance_features, local_features) -> dict[str, Any]:
-        return {"logits": logits, "actions": actions, "offsets": offsets, "policy_logits": policy_logits,
-                "values": values, "glance_features": glance_features, "local_features": local_features,
-                "keep": None, "skip_logits": None, "skip_values": None}
+    def flops_probes(self) -> dict[str, FlopsProbe]:
+        """One clip through each component (Table 3): f_G over the T_G glance frames, T_G steps of pi then its
+        actor once, f_L over the T_L patches (whole frames for the TSM / TSM+ baselines), one linear f_C."""
+        param = next(self.parameters())
+        zeros = partial(torch.zeros, device=param.device, dtype=param.dtype)
+        probes = {"local": FlopsProbe(self.local, lambda f, x: f(x),
+                                      (zeros(self.focus_frames, 3, self.patch_size, self.patch_size),)),
+                  "classifier": FlopsProbe(self.classifier, lambda c, x: c(x),
+                                           (zeros(1, self.classifier.in_features),))}
+        if self.glance is not None:
+            probes["glance"] = FlopsProbe(self.glance, lambda g, x: g.forward_features(x),
+                                          (zeros(self.glance_frames, 3, *self.frame_hw),))
+        if self.policy is not None:
+            maps = zeros(self.glance_frames, self.glance.num_features, *self.glance_map_hw)
+            probes["policy"] = FlopsProbe(self.policy, _policy_over_clip, (maps, self.policy.init_state(1, param.device)))
+        return probes
+
+
+def _policy_over_clip(policy: PatchPolicy, glance_maps: Tensor, h: Tensor) -> Tensor:
+    """AdaFocus-TSM's pi at inference: T_G steps over the glance maps ``[T_G, C, h, w]``, then its actor once."""
+    for t in range(glance_maps.shape[0]):
+        h = policy.gru(policy.encode(glance_maps[t:t + 1]), h)
+    return policy.actor(h)

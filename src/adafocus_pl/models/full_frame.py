@@ -11,18 +11,33 @@ f_C is the same classifier as AdaFocus's (Eq. 4), so the only difference in cost
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from adafocus_pl.models.classifier import build_classifier
+from adafocus_pl.models.contract import (
+    Capabilities,
+    FlopsProbe,
+    NetOutput,
+    PatchRequest,
+    SkipRequest,
+    VideoNet,
+    register_architecture,
+)
 from adafocus_pl.models.patches import frame_pair
 from adafocus_pl.models.registry import create_backbone
 
 
-class FullFrameNet(nn.Module):
-    """f_G (optional) and f_L over all frames in one batch each, then f_C: logits ``[B, T, K]``."""
+@register_architecture("full_frame")
+class FullFrameNet(VideoNet):
+    """f_G (optional) and f_L over all frames in one batch each, then f_C: logits ``[B, T, K]``. It has no
+    policy: every patch policy but "none" means the whole frame."""
+
+    shape_keys = ("architecture", "num_classes", "glance_backbone", "local_backbone", "classifier")
+    supports_skip_policy = False
 
     def __init__(
         self,
@@ -43,10 +58,9 @@ class FullFrameNet(nn.Module):
         self.local = create_backbone(local_backbone, pretrained=None, **dict(local_kwargs or {}))
         in_features = self.local.num_features + (0 if self.glance is None else self.glance.num_features)
         self.classifier = build_classifier(classifier, in_features, num_classes, classifier_hidden, dropout)
-
-    @property
-    def num_classes(self) -> int:
-        return self.classifier.num_classes
+        self.patch_size = self.frame_hw[0]  # f_L's input is the whole frame
+        self.capabilities = Capabilities(has_policy=False, has_skip_policy=False, per_clip=False,
+                                         uses_glance_features=self.glance is not None, crops_patches=False)
 
     def classifier_inputs(self, glance_features: Tensor | None, local_features: Tensor) -> Tensor:
         """``[e_G-bar, e_L-bar]`` or e_L-bar alone (no f_G)."""
@@ -64,8 +78,22 @@ class FullFrameNet(nn.Module):
         glance_features = None if self.glance is None else (glance or self.glance)(flat).unflatten(0, batch_steps)
         return glance_features, (local or self.local)(flat).unflatten(0, batch_steps)
 
-    def forward(self, frames: Tensor) -> dict[str, Tensor | None]:
-        """``frames [B, T, 3, H, W]`` -> ``{"logits": [B, T, K], "glance_features", "local_features"}``."""
+    def recognise(self, frames: Tensor, patches: PatchRequest, skip: SkipRequest,
+                  focus_frames: Tensor | None) -> NetOutput:
+        """``frames [B, T, 3, H, W]`` -> logits ``[B, T, K]`` with both backbones on every whole frame."""
+        if not patches.policy.uses_local:
+            raise ValueError("a full-frame baseline always runs f_L (patch_policy=none is for patch models)")
         glance, local = self.features(frames)
-        return {"logits": self.classifier(self.classifier_inputs(glance, local)), "glance_features": glance,
-                "local_features": local}
+        return NetOutput(self.classifier(self.classifier_inputs(glance, local)), glance, local)
+
+    def flops_probes(self) -> dict[str, FlopsProbe]:
+        """One whole frame through f_G (if any) and f_L, one step of f_C."""
+        param = next(self.parameters())
+        zeros = partial(torch.zeros, device=param.device, dtype=param.dtype)
+        frame = zeros(1, 3, *self.frame_hw)
+        probes = {"local": FlopsProbe(self.local, lambda f, x: f(x), (frame,)),
+                  "classifier": FlopsProbe(self.classifier, lambda c, x: c.step(x)[0],
+                                           (zeros(1, self.classifier.in_features),))}
+        if self.glance is not None:
+            probes["glance"] = FlopsProbe(self.glance, lambda g, x: g(x), (frame,))
+        return probes

@@ -127,25 +127,3 @@ def gaussian_offsets(
     low = torch.zeros(2, dtype=torch.long, device=noise.device)
     high = torch.tensor([height - patch_size, width - patch_size], device=noise.device)
     return torch.maximum(torch.minimum(offsets, high), low)
-
-
-FIXED_POLICIES = ("random", "centre", "gaussian")
-
-
-def fixed_policy_offsets(
-    patch_policy: str,
-    n: int,
-    frame_hw: FrameSize,
-    patch_size: int,
-    gaussian_std: float = 0.25,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Offsets ``[n, 2]`` of a fixed policy: "random" (Eq. 5), "centre" or "gaussian" (Table 5)."""
-    if patch_policy == "random":
-        return random_offsets(n, frame_hw, patch_size, generator=generator, device=device)
-    if patch_policy == "centre":
-        return centre_offsets(n, frame_hw, patch_size, device=device)
-    if patch_policy == "gaussian":
-        return gaussian_offsets(n, frame_hw, patch_size, std=gaussian_std, generator=generator, device=device)
-    raise ValueError(f"not a fixed patch policy: {patch_policy!r} (choose one of {FIXED_POLICIES})")

@@ -86,25 +86,28 @@ def categorical_actions(logits: Tensor, sample: bool = False, generator: torch.G
     return draws.reshape(probs.shape[:-1])
 
 
-def choose_patches(net: nn.Module, patch_policy: str, glance_maps: Tensor | None,
-                   fixed_offsets: Callable[[], Tensor], actions: Tensor | None = None, offsets: Tensor | None = None,
-                   sample: bool = False, generator: torch.Generator | None = None,
-                   ) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor | None]:
-    """Where f_L looks, for the networks' ``patch_policy`` argument: ``(actions, offsets, policy_logits, values)``.
+def policy_decision(policy: PatchPolicy, glance_map: Tensor, h: Tensor) -> Tensor:
+    """One inference step of a policy (Eq. 3 / Eq. 8): conv -> linear -> GRUCell -> actor. The critic is a
+    training-only head (PPO's value), so it is not part of a decision's cost."""
+    return policy.actor(policy.gru(policy.encode(glance_map), h))
 
-    "learned": pi's rollout over ``glance_maps`` (``net.policy_rollout``), then its argmax or a draw (``sample``);
-    "given": exactly one of ``actions`` (grid indices) or raw ``offsets``; any other name: ``fixed_offsets()``
-    (random, Eq. 5; centre or gaussian, Table 5). ``net`` provides ``policy_rollout``, ``select_actions``,
-    ``actions_to_offsets`` and ``grid``; offsets keep the caller's layout.
+
+def choose_patches(net: nn.Module, request, glance_maps: Tensor | None, draw_offsets: Callable[[], Tensor],
+                   ) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor | None]:
+    """Where f_L looks for a :class:`~adafocus_pl.models.contract.PatchRequest`:
+    ``(actions, offsets, policy_logits, values)``.
+
+    "learned": pi's rollout over ``glance_maps`` (``net.policy_rollout``), then its argmax or a draw
+    (``request.sample``); "given": the request's ``actions`` (grid indices) or raw ``offsets``; a fixed policy:
+    ``draw_offsets()`` (random, Eq. 5; centre or gaussian, Table 5). Offsets keep the caller's layout.
     """
-    if patch_policy == "learned":
+    kind = request.policy.kind
+    if kind == "learned":
         policy_logits, values = net.policy_rollout(glance_maps)
-        actions = net.select_actions(policy_logits, sample=sample, generator=generator)
+        actions = net.select_actions(policy_logits, sample=request.sample, generator=request.generator)
         return actions, net.actions_to_offsets(actions), policy_logits, values
-    if patch_policy == "given":
-        if (actions is None) == (offsets is None):
-            raise ValueError('patch_policy="given" needs exactly one of actions (grid indices) or offsets (y, x)')
-        if actions is not None:
-            offsets = net.actions_to_offsets(actions.to(net.grid.device))
-        return actions, offsets, None, None
-    return None, fixed_offsets(), None, None
+    if kind == "given":
+        if request.actions is not None:
+            return request.actions, net.actions_to_offsets(request.actions.to(net.grid.device)), None, None
+        return None, request.offsets, None, None
+    return None, draw_offsets(), None, None

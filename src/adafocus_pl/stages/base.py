@@ -1,7 +1,7 @@
 """What every training stage shares: the network, freezing, ``init_from``, metrics and optimisers.
 
-Each stage (``warmup``, ``policy``, ``finetune``) is its own LightningModule over the same
-:class:`~adafocus_pl.models.adafocus.AdaFocusNet`; the stages never import each other.
+Each stage (``pretrain``, ``warmup``, ``policy``, ``finetune``) is its own LightningModule over one network built
+from the ``model`` config (:class:`~adafocus_pl.models.contract.VideoNet`); the stages never import each other.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
+from adafocus_pl.checkpoint import load_init_weights
 from adafocus_pl.models.build import build_network
-from adafocus_pl.stages.checkpoints import BACKBONE_KEYS, CheckpointError, network_mismatches, read_checkpoint
-
-NET_PARTS = ("glance", "policy", "skip_policy", "local", "classifier")  # skip_policy: AdaFocus+'s pi' (or None)
+from adafocus_pl.models.contract import PARTS, NetOutput
+from adafocus_pl.models.patch_policies import get_patch_policy
 # val/test metrics come from records gathered over all ranks (the same on every rank): no sync_dist needed
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/")
 # ... and every video is evaluated once (the DistributedSampler's repeats are dropped): no need for devices=1
@@ -73,22 +73,20 @@ class StageModule(pl.LightningModule):
                  channels_last: bool = True) -> None:
         super().__init__()
         net, optimizer = plain(net), plain(optimizer)
-        unknown = sorted(set(trainable) - set(NET_PARTS))
+        unknown = sorted(set(trainable) - set(PARTS))
         if unknown:
-            raise ValueError(f"stage.module.trainable has unknown parts {unknown}; choose from {list(NET_PARTS)}")
+            raise ValueError(f"stage.module.trainable has unknown parts {unknown}; choose from {list(PARTS)}")
         self.save_hyperparameters()
         self.net = build_network(net)
-        if "skip_policy" in trainable and not self.net.has_skip_policy:
-            trainable = [part for part in trainable if part != "skip_policy"]  # AdaFocus: no pi' to train
-        # parts this network does not have (the TSM baseline has no f_G and no pi)
-        trainable = [part for part in trainable if getattr(self.net, part) is not None]
+        parts = self.net.parts()
+        # parts this network does not have are dropped (AdaFocus has no pi'; the TSM baseline no f_G and no pi)
+        self.trainable = [part for part in trainable if part in parts]
         if channels_last:  # NHWC convolutions: ~1.5-2x faster on CPUs and tensor cores
             self.net.to(memory_format=torch.channels_last)
-        self.trainable = list(trainable)
-        self.frozen = [part for part in NET_PARTS if part not in self.trainable and getattr(self.net, part) is not None]
-        # freeze here, before Lightning wraps the module in DDP (ecosystem pitfall #10)
+        self.frozen = [part for part in parts if part not in self.trainable]
+        # freeze here, before Lightning wraps the module in DDP: DDP registers only parameters that need a gradient
         for part in self.frozen:
-            getattr(self.net, part).requires_grad_(False)
+            parts[part].requires_grad_(False)
         self._frozen_to_eval()
         self.eval_seed = eval_seed  # the run's seed (stage configs pass ${seed}): eval draws and each epoch's reseed
         self.best_top1 = 0.0
@@ -101,8 +99,9 @@ class StageModule(pl.LightningModule):
         return self
 
     def _frozen_to_eval(self) -> None:
+        parts = self.net.parts()
         for part in self.frozen:
-            getattr(self.net, part).eval()
+            parts[part].eval()
 
     uses_local = True  # False for the glance-only baseline (f_L never runs)
 
@@ -146,48 +145,7 @@ class StageModule(pl.LightningModule):
     # ----------------------------------------------------------------- init_from (weights only)
     def load_init_weights(self, path: str | Path) -> None:
         """Load the network weights of another stage's checkpoint, after checking that it fits this run."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"init_from checkpoint not found: {path}. Run the previous stage first (same experiment_name, "
-                f"model.patch_size and seed), or pass init_from=/path/to/stage.ckpt (init_from=null to start fresh)."
-            )
-        ckpt = read_checkpoint(path, "init_from")
-        stage = ckpt["adafocus_stage"]
-        if stage not in self.accepts_init_from:
-            raise CheckpointError(
-                f"init_from={path} is a stage {stage} checkpoint, but stage {self.stage_id} starts from stage "
-                f"{' or '.join(map(str, self.accepts_init_from))}. Point init_from at the right stage's checkpoint."
-            )
-        theirs, ours = ckpt["hyper_parameters"]["net"], self.hparams.net
-        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        own = self.net.state_dict()
-        if stage == 0:  # Stage 0 trained backbones on whole frames only: take those, keep the rest as built
-            parts = tuple(ckpt["hyper_parameters"].get("trainable", ("glance", "local")))
-            mismatches = network_mismatches(theirs, ours, path, "init_from", names=BACKBONE_KEYS)
-            state = {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}
-            own = {k: v for k, v in own.items() if k.split(".", 1)[0] in parts}
-        else:
-            mismatches = network_mismatches(theirs, ours, path, "init_from")
-        if mismatches:
-            raise CheckpointError("; ".join(mismatches))
-        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
-        missing = sorted(set(own) - set(state))
-        fresh_skip = [k for k in missing if k.startswith("skip_policy.")]
-        if fresh_skip and "skip_policy" in self.trainable and not theirs.get("skip_policy"):
-            # AdaFocus+: pi' is new in Stage II (Sec. 3.3) and starts from scratch beside the loaded parts
-            missing = [k for k in missing if not k.startswith("skip_policy.")]
-            state.update({k: own[k] for k in fresh_skip})
-        elif fresh_skip:
-            raise ValueError(
-                f"{path} has no AdaFocus+ skip policy pi', which this stage needs trained: point init_from at a "
-                f"Stage II checkpoint trained with plus=on, or run with plus=off.")
-        extra = sorted(k for k in set(state) - set(own) if k.startswith("skip_policy."))
-        if extra:
-            raise ValueError(f"{path} is an AdaFocus+ checkpoint (it has pi'); run with plus=on to use it.")
-        if bad or missing:
-            raise ValueError(f"{path} does not fit this network: shape mismatches {bad[:5]}, missing keys {missing[:5]}")
-        self.net.load_state_dict(state, strict=stage != 0)
+        load_init_weights(self.net, self.hparams.net, path, self.stage_id, self.accepts_init_from, self.trainable)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["adafocus_stage"] = self.stage_id
@@ -199,8 +157,8 @@ class StageModule(pl.LightningModule):
     # ----------------------------------------------------------------- evaluation
     eval_patch_policy = "learned"  # the patch policy of this stage's val/test ("random" for Stage I, ...)
 
-    def eval_forward(self, frames: torch.Tensor, offsets: torch.Tensor | None, focus: dict) -> dict[str, torch.Tensor]:
-        """Per-step logits ``[B, T, K]`` and patch ``offsets`` ``[B, T, 2]`` (or None) used for val/test.
+    def eval_forward(self, frames: torch.Tensor, offsets: torch.Tensor | None, focus: dict) -> NetOutput:
+        """The network's output for val/test (per-step logits ``[B, T, K]``, patch ``offsets`` or None, ...).
         ``offsets``: the patches of a random fixed policy, drawn per video by :meth:`eval_offsets`; ``focus``:
         :func:`focus_inputs` of the batch."""
         raise NotImplementedError
@@ -209,18 +167,19 @@ class StageModule(pl.LightningModule):
         """Random / Gaussian evaluation patches drawn from a generator seeded by (seed, video index): the same
         patches for a video whatever the batch or the DDP rank it lands in, so eval metrics are reproducible and
         equal on 1 or N processes."""
-        if self.eval_patch_policy not in ("random", "gaussian") or getattr(self.net, "full_frame", False):
+        caps = self.net.capabilities
+        if not get_patch_policy(self.eval_patch_policy).is_fixed or not caps.crops_patches:
             return None
-        steps = self.net.locations_per_clip or frames.shape[1]
+        steps = 1 if caps.per_clip else frames.shape[1]
         return torch.cat([
-            self.net.fixed_offsets(self.eval_patch_policy, 1, steps, frames.device,
-                                   torch.Generator().manual_seed(self.eval_seed * 1_000_003 + int(i)))
+            self.net.draw_offsets(self.eval_patch_policy, 1, steps, frames.device,
+                                  torch.Generator().manual_seed(self.eval_seed * 1_000_003 + int(i)))
             for i in index.tolist()])
 
     def _eval_step(self, batch: dict) -> None:
         frames = batch["frames"]
         out = self.eval_forward(frames, self.eval_offsets(frames, batch["index"]), focus_inputs(batch))
-        logits = out["logits"]
+        logits = out.logits
         record = {
             "scores": F.softmax(logits[:, -1].float(), dim=1),  # offline prediction = the last step (Sec. 3.4)
             "labels": batch["label"],
@@ -229,14 +188,13 @@ class StageModule(pl.LightningModule):
             "index": batch["index"],
         }
         boxes = batch.get("focus_boxes", batch.get("boxes"))  # the patches are cut from the focus frames
-        if out.get("offsets") is not None and boxes is not None:
-            hit, coverage = patch_box_overlap(out["offsets"], self.net.patch_size, boxes)
+        if out.offsets is not None and boxes is not None:
+            hit, coverage = patch_box_overlap(out.offsets, self.net.patch_size, boxes)
             record["hit"], record["coverage"] = hit.mean(1), coverage.mean(1)
-        if out.get("keep") is not None:  # AdaFocus+: the share of frames that ran f_L
-            record["keep"] = out["keep"].float().mean(1)
-        for key, value in out.items():  # per-part predictions beside the clip's (Stage 0: f_G's and f_L's heads)
-            if key.startswith("logits_"):
-                record["scores_" + key[len("logits_"):]] = F.softmax(value.float(), dim=-1)
+        if out.keep is not None:  # AdaFocus+: the share of frames that ran f_L
+            record["keep"] = out.keep.float().mean(1)
+        for part, value in out.part_logits.items():  # per-part predictions beside the clip's (Stage 0's heads)
+            record["scores_" + part] = F.softmax(value.float(), dim=-1)
         self._eval_outputs.append(record)
 
     def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,7 +208,7 @@ class StageModule(pl.LightningModule):
             return {}
         merged = {k: torch.cat([o[k] for o in self._eval_outputs]) for k in self._eval_outputs[0]}
         self._eval_outputs.clear()
-        # metrics over the whole split, not per rank (pitfall #15): every rank gathers all records
+        # metrics over the whole split, not per rank: every rank gathers all records
         merged = {k: self.gather_rows(v) for k, v in merged.items()}
         # the DistributedSampler pads the split to a multiple of the world size with repeated videos: keep each
         # video once, in dataset order, so that N processes compute exactly what one process computes
@@ -291,7 +249,8 @@ class StageModule(pl.LightningModule):
     # ----------------------------------------------------------------- optimisation
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """The parameters each trainable part optimises (one optimiser group per part)."""
-        return {part: [p for p in getattr(self.net, part).parameters() if p.requires_grad] for part in self.trainable}
+        parts = self.net.parts()
+        return {part: [p for p in parts[part].parameters() if p.requires_grad] for part in self.trainable}
 
     def configure_optimizers(self):
         """One parameter group per trainable part, lr = ``lr * lr_scale[part]``; cosine per epoch by default."""

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli
 
+from adafocus_pl.models.skipping import DEFAULT_RHO
 from adafocus_pl.stages.base import StageModule
 from adafocus_pl.stages.guards import check_finite
 from adafocus_pl.stages.ppo import PPOConfig, ppo_loss, ppo_targets
@@ -32,13 +33,13 @@ class PolicyStage(StageModule):
                  value_weight: float = 0.5, entropy_weight: float = 0.01, ppo_epochs: int = 1,
                  normalise_returns: bool = True, eval_seed: int = 0, channels_last: bool = True,
                  trainable: list[str] = ("policy", "skip_policy"), skip_cost: float = 1e-6,
-                 eval_keep_threshold: float = 0.5, skip_gamma: float | None = None) -> None:
+                 eval_rho: float = DEFAULT_RHO, skip_gamma: float | None = None) -> None:
         if not set(trainable) <= {"policy", "skip_policy"} or "policy" not in trainable:
             raise ValueError(f"stage II trains the policies only (paper Sec. 3.2-3.3); got trainable={list(trainable)}")
         super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
                          channels_last=channels_last)
         self.skip_cost = skip_cost  # lambda of Eq. 10; the cost of running f_L is lambda * P^2
-        self.eval_keep_threshold = eval_keep_threshold  # validation only: rho is solved later (adafocus_pl.eval)
+        self.eval_rho = eval_rho  # validation only: rho is solved later (adafocus_pl.eval)
         self.automatic_optimization = False  # PPO: several passes over one rollout, our own loss
         self.reward_kind = reward
         self.ppo = PPOConfig(gamma=gamma, clip=clip, value_weight=value_weight, entropy_weight=entropy_weight,
@@ -56,7 +57,7 @@ class PolicyStage(StageModule):
         skipped), each from the same h_{t-1} (``AdaFocusNet.score_patches``)."""
         net = self.net
         offsets_policy = net.actions_to_offsets(actions)
-        offsets_random = net.fixed_offsets("random", *actions.shape[:2], frames.device)
+        offsets_random = net.draw_offsets("random", *actions.shape[:2], frames.device)
         scores = net.score_patches(frames, glance_maps, [offsets_policy, offsets_random], keep=keep,
                                    focus_frames=focus_frames)
         index = labels[:, None, None].expand(-1, scores[0].shape[1], 1)
@@ -71,7 +72,7 @@ class PolicyStage(StageModule):
         dist = self.net.action_distribution(logits)
         actions = dist.sample()
         old_log_probs = dist.log_prob(actions).detach()
-        plus = self.net.has_skip_policy
+        plus = self.net.capabilities.has_skip_policy
         if plus:  # Eq. 8: b_t ~ Bernoulli(p_t^B)
             skip_logits, skip_values = self.net.skip_rollout(glance_maps)
             check_finite(self.trainer, self, "skip-policy logits", skip_logits)
@@ -125,5 +126,5 @@ class PolicyStage(StageModule):
             schedulers.step()
 
     def eval_forward(self, frames, offsets, focus):
-        threshold = self.eval_keep_threshold if self.net.has_skip_policy else None
-        return self.net(frames, patch_policy="learned", sample=False, keep_threshold=threshold, **focus)
+        rho = self.eval_rho if self.net.capabilities.has_skip_policy else None
+        return self.net(frames, patch_policy="learned", sample=False, rho=rho, **focus)

@@ -23,7 +23,7 @@ from torch import nn
 
 def trained_batchnorms(module: pl.LightningModule) -> list[nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers of the network parts this stage trains."""
-    return [m for part in module.trainable for m in getattr(module.net, part).modules()
+    return [m for part in module.trainable for m in module.net.parts()[part].modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adafocus_pl.data.sampling import SegmentSampler
+from adafocus_pl.models.contract import NetOutput
 from adafocus_pl.stages.base import StageModule
 
 BACKBONES = ("glance", "local")
@@ -45,7 +46,8 @@ class PretrainStage(StageModule):
         super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
                          channels_last=channels_last)
         self.segments = None if segments is None else int(segments)
-        self.heads = nn.ModuleDict({part: nn.Linear(getattr(self.net, part).num_features, self.net.num_classes)
+        parts = self.net.parts()
+        self.heads = nn.ModuleDict({part: nn.Linear(parts[part].num_features, self.net.num_classes)
                                     for part in self.trainable})
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -68,7 +70,8 @@ class PretrainStage(StageModule):
         chosen = self.chosen_frames(frames)
         inputs = {"glance": self.net.glance_inputs(chosen),  # f_G's own input size (glance_size), as in Stage I
                   "local": chosen.flatten(0, 1)}
-        return {part: head(getattr(self.net, part)(inputs[part])).unflatten(0, chosen.shape[:2]).mean(1)
+        parts = self.net.parts()
+        return {part: head(parts[part](inputs[part])).unflatten(0, chosen.shape[:2]).mean(1)
                 for part, head in self.heads.items()}
 
     def statistics_forward(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -87,6 +90,4 @@ class PretrainStage(StageModule):
     def eval_forward(self, frames, offsets, focus):
         """The two streams' average as the clip prediction (``[B, 1, K]``), each stream's own beside it."""
         logits = self.part_logits(frames)
-        out = {"logits": torch.stack(list(logits.values())).mean(0)[:, None]}
-        out.update({f"logits_{part}": value for part, value in logits.items()})
-        return out
+        return NetOutput(torch.stack(list(logits.values())).mean(0)[:, None], part_logits=logits)

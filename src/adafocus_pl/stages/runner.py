@@ -96,7 +96,7 @@ def _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, training, output_
     """fit (or validate ``ckpt_path`` with ``train=false``), then test; write ``metrics.json``."""
     metrics: dict[str, float] = {}
     # weights_only=True: Lightning's own read of ckpt_path (the whole state, after the resume checks read it with
-    # adafocus_pl.checkpoint_file) is weights-only as well, also where TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set
+    # adafocus_pl.checkpoint) is weights-only as well, also where TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set
     if training:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})

@@ -27,13 +27,13 @@ class WarmupStage(StageModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.statistics_forward(batch)
-        loss = sequence_cross_entropy(out["logits"], batch["label"])
+        loss = sequence_cross_entropy(out.logits, batch["label"])
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     eval_patch_policy = "random"
 
     def eval_forward(self, frames, offsets, focus):
-        if getattr(self.net, "full_frame", False):  # the TSM / TSM+ baselines have no patches
+        if offsets is None:  # the TSM / TSM+ baselines have no patches
             return self.net(frames, **focus)
         return self.net(frames, patch_policy="given", offsets=offsets, **focus)

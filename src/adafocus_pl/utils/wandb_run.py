@@ -14,7 +14,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
 
-from adafocus_pl.checkpoint_file import read_checkpoint
+from adafocus_pl.checkpoint import read_checkpoint
 
 CHECKPOINT_KEY = "adafocus_wandb_run_id"
 

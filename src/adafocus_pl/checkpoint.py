@@ -1,5 +1,11 @@
-"""Reading an adafocus-pl stage checkpoint file: the one loader that training (``init_from``, the ``ckpt_path``
-resume checks, the W&B run id), evaluation, prediction and the fast inference path all use. No Lightning needed.
+"""Stage checkpoints, read, checked and loaded in one place: training (``init_from``, the ``ckpt_path`` resume
+checks, the W&B run id), evaluation, prediction and the fast inference path all come here. No Lightning needed
+(Lightning writes the files, through :class:`adafocus_pl.stages.checkpoint_io.AtomicCheckpointIO`).
+
+- :func:`read_checkpoint`: the file as a dict, or a clear error;
+- :func:`load_checkpoint`: the network it holds, rebuilt in eval mode, with its stage, patch policy and rho;
+- :func:`network_mismatches` / :func:`resume_problems`: which settings differ from the run that loads it;
+- :func:`load_init_weights`: an earlier stage's weights into this stage's network (``init_from``).
 
 The file is unpickled with ``torch.load(weights_only=True)``: only tensors, plain containers and the few torch
 types ``torch.load`` allows by default can come out of it. A pickle that asks for any other Python object (a
@@ -22,9 +28,13 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from adafocus_pl.models.build import build_network, shape_keys
+from adafocus_pl.models.contract import VideoNet
 
 # The globals this loader allows on top of ``torch.load(weights_only=True)``'s defaults: none. Every checkpoint a
 # stage writes (Stage 0, I, II, II+, III, III+, the full-frame baselines, the best-epoch and last checkpoints, a
@@ -209,3 +219,145 @@ def _first_line(text: str) -> str:
     text = text.replace(torch.serialization.UNSAFE_MESSAGE, "")
     text = re.sub(r"\s*This is an internal miniz error.*", "", text, flags=re.S).strip()
     return text.splitlines()[0].strip() if text else "no details"
+
+
+# ------------------------------------------------------------------------------------------------ the network in it
+NET_PREFIX = "net."  # the stage modules hold the network as ``self.net``
+RHO_KEY = "adafocus_rho"  # AdaFocus+ Stage III+: {"eta": eta, "rho": rho} solved on the training split (Sec. 3.3)
+_LEGACY_RHO_KEY = "adafocus_keep_threshold"  # the same, as files written before the entry was renamed hold it
+
+
+def network_state(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's state dict out of a stage checkpoint (the ``net.`` prefix dropped)."""
+    return {k[len(NET_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
+
+
+def saved_rho(ckpt: Mapping[str, Any]) -> float | None:
+    """The rho a Stage III+ checkpoint stores (None for any other checkpoint)."""
+    if RHO_KEY in ckpt:
+        return ckpt[RHO_KEY]["rho"]
+    legacy = ckpt.get(_LEGACY_RHO_KEY) or {}
+    return legacy.get("threshold")
+
+
+@dataclass
+class LoadedCheckpoint:
+    net: VideoNet
+    stage: int
+    patch_policy: str  # the policy the checkpoint's f_L/f_C were trained with
+    path: Path
+    hparams: dict = field(default_factory=dict)
+    rho: float | None = None  # AdaFocus+ Stage III+: the rho solved on the training split (Sec. 3.3)
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild the network of a stage checkpoint in eval mode (evaluation, prediction, the fast path).
+
+    A missing file raises :class:`MissingCheckpointError`, an unreadable, unsafe or foreign one
+    :class:`CheckpointError`, each with a message that starts ``ckpt_path=PATH``."""
+    path = Path(path)
+    ckpt = read_checkpoint(path, "ckpt_path")
+    hparams = ckpt["hyper_parameters"]
+    net = build_network(hparams["net"])
+    net.load_state_dict(network_state(ckpt))
+    stage = int(ckpt["adafocus_stage"])
+    policy = hparams.get("patch_policy") or ("random" if stage == 1 else "learned")
+    return LoadedCheckpoint(net=net.eval(), stage=stage, patch_policy=policy, path=path, hparams=hparams,
+                            rho=saved_rho(ckpt))
+
+
+# ------------------------------------------------------------------------------------------------ fitting a run
+def _architecture(net: Mapping) -> str:
+    return net.get("architecture", "adafocus")
+
+
+def network_mismatches(theirs: Mapping, ours: Mapping, path: str | Path, key: str,
+                       backbones_only: bool = False) -> list[str]:
+    """One message per network setting (``model.*``) that differs between a checkpoint's ``theirs`` and this run's
+    ``ours``: the settings that fix parameter shapes (each architecture's ``shape_keys``), or with
+    ``backbones_only`` those a Stage 0 checkpoint must share (``backbone_keys``)."""
+    architectures = dict.fromkeys((_architecture(theirs), _architecture(ours)))
+    if backbones_only:
+        names = VideoNet.backbone_keys
+    else:
+        try:
+            names = shape_keys(*architectures)
+        except ValueError as err:  # an architecture this version does not know
+            return [f"{key}={path}: {err}"]
+    return [
+        f"{key}={path} was trained with model.{name}={theirs.get(name)!r} but this run has model.{name}="
+        f"{ours.get(name)!r}: set model.{name}={theirs.get(name)!r} or use a checkpoint trained with "
+        f"{ours.get(name)!r}"
+        for name in names if theirs.get(name) != ours.get(name)
+    ]
+
+
+def resume_problems(path: str | Path, stage_id: int, net: Mapping) -> list[str]:
+    """What stops ``ckpt_path=path`` from resuming a stage ``stage_id`` run of network ``net`` (empty: fine)."""
+    try:
+        ckpt = read_checkpoint(path, "ckpt_path")
+    except (OSError, CheckpointError) as err:
+        return [str(err)]
+    problems = []
+    if ckpt["adafocus_stage"] != stage_id:
+        problems.append(
+            f"ckpt_path={path} is a stage {ckpt['adafocus_stage']} checkpoint but this run is stage {stage_id}: "
+            f"resume it with stage=stage{ckpt['adafocus_stage']}, or start stage {stage_id} from its weights with "
+            f"init_from={path} ckpt_path=null")
+    theirs = ckpt["hyper_parameters"].get("net", {})
+    # a Stage 0 run serves every patch size and grid (it never cuts a patch): only its backbones must agree
+    problems += network_mismatches(theirs, net, path, "ckpt_path", backbones_only=ckpt["adafocus_stage"] == 0)
+    if bool(theirs.get("skip_policy")) != bool(net.get("skip_policy")):  # init_from may add pi' (Stage II+)
+        plus = bool(theirs.get("skip_policy"))
+        problems.append(f"ckpt_path={path} is {'an AdaFocus+' if plus else 'an AdaFocus'} checkpoint: resume it "
+                        f"with {'plus=on' if plus else 'plus=off'}")
+    return problems
+
+
+def load_init_weights(net: VideoNet, ours: Mapping, path: str | Path, stage_id: int,
+                      accepts: tuple[int, ...], trainable: list[str]) -> None:
+    """``init_from``: load the network weights of an earlier stage's checkpoint into ``net`` (built from the
+    ``model`` settings ``ours``), after checking that it fits this run (stage ``stage_id``, which starts from the
+    stages in ``accepts`` and trains ``trainable``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"init_from checkpoint not found: {path}. Run the previous stage first (same experiment_name, "
+            f"model.patch_size and seed), or pass init_from=/path/to/stage.ckpt (init_from=null to start fresh)."
+        )
+    ckpt = read_checkpoint(path, "init_from")
+    stage = ckpt["adafocus_stage"]
+    if stage not in accepts:
+        raise CheckpointError(
+            f"init_from={path} is a stage {stage} checkpoint, but stage {stage_id} starts from stage "
+            f"{' or '.join(map(str, accepts))}. Point init_from at the right stage's checkpoint."
+        )
+    theirs = ckpt["hyper_parameters"]["net"]
+    state, own = network_state(ckpt), net.state_dict()
+    if stage == 0:  # Stage 0 trained backbones on whole frames only: take those, keep the rest as built
+        parts = tuple(ckpt["hyper_parameters"].get("trainable", ("glance", "local")))
+        mismatches = network_mismatches(theirs, ours, path, "init_from", backbones_only=True)
+        state = {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}
+        own = {k: v for k, v in own.items() if k.split(".", 1)[0] in parts}
+    else:
+        mismatches = network_mismatches(theirs, ours, path, "init_from")
+    if mismatches:
+        raise CheckpointError("; ".join(mismatches))
+    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and own[k].shape != v.shape]
+    missing = sorted(set(own) - set(state))
+    fresh_skip = [k for k in missing if k.startswith("skip_policy.")]
+    if fresh_skip and "skip_policy" in trainable and not theirs.get("skip_policy"):
+        # AdaFocus+: pi' is new in Stage II (Sec. 3.3) and starts from scratch beside the loaded parts
+        missing = [k for k in missing if not k.startswith("skip_policy.")]
+        state.update({k: own[k] for k in fresh_skip})
+    elif fresh_skip:
+        raise ValueError(
+            f"{path} has no AdaFocus+ skip policy pi', which this stage needs trained: point init_from at a "
+            f"Stage II checkpoint trained with plus=on, or run with plus=off.")
+    extra = sorted(k for k in set(state) - set(own) if k.startswith("skip_policy."))
+    if extra:
+        raise ValueError(f"{path} is an AdaFocus+ checkpoint (it has pi'); run with plus=on to use it.")
+    if bad or missing:
+        raise ValueError(f"{path} does not fit this network: shape mismatches {bad[:5]}, missing keys {missing[:5]}")
+    net.load_state_dict(state, strict=stage != 0)
