@@ -226,7 +226,8 @@ def test_datamodule_video_kind_with_a_worker_and_lightning_hook(videos_root):
                          list_format="video", num_classes=4, num_segments=4, train_size=16, scales=(1.0,),
                          flip=False, eval_resize=16, eval_crop=16, boxes={"train": "boxes.json"}, batch_size=3,
                          num_workers=1)
-    assert dm.decoder_threads == 1  # capped when DataLoader workers decode (pitfall #14)
+    # capped when DataLoader workers decode (FFmpeg's thread per core in every worker would oversubscribe the CPU)
+    assert dm.decoder_threads == 1
     seen = {}
 
     class Probe(pl.LightningModule):

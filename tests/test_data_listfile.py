@@ -1,4 +1,4 @@
-"""Official list-file formats (facts page, "Data")."""
+"""The list-file formats of the authors' release."""
 
 from __future__ import annotations
 

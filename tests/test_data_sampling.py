@@ -1,4 +1,4 @@
-"""TSN segment sampling (facts page, "Data")."""
+"""TSN segment sampling: T equal segments, one frame from each."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The commands a user types work from any directory (ecosystem pitfalls #9 and #17)."""
+"""The commands a user types work from any directory: the configs are found through the installed package, not the
+working directory, and a training run started elsewhere logs (W&B offline) without asking for anything."""
 
 from __future__ import annotations
 

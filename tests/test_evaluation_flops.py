@@ -1,4 +1,4 @@
-"""GFLOPs counting (adafocus_pl.evaluation.flops) against the facts page's figures, and the flops CLI."""
+"""GFLOPs counting (adafocus_pl.evaluation.flops) against the paper's costs (Table 1 / Fig. 5), and the flops CLI."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import torch
 from adafocus_pl.evaluation import flops
 from adafocus_pl.models.adafocus import AdaFocusNet
 
-# facts page, "FLOPs" (paper Table 1 / Fig. 5 costs): GFLOPs per frame of each component ...
+# GFLOPs per frame of each component of the paper's full-size network (multiply-adds only, paper footnote 1;
+# the table in README, "Evaluation, GFLOPs and figures") ...
 FACTS_GLANCE = 0.2995  # MobileNetV2 features @224
 FACTS_LOCAL = {96: 0.751, 128: 1.335, 144: 1.758, 160: 2.085, 176: 2.606, 192: 3.003, 224: 4.087}  # ResNet-50 @P
 FACTS_POLICY = 0.0100
 FACTS_CLASSIFIER = 0.0136  # GRU f_C, 200 classes
-# ... and per video, 16 frames
+# ... and per video, 16 frames: the paper's AdaFocus costs at P = 96/128/160/192 (Table 1 / Fig. 5)
 FACTS_VIDEO = {96: 17.2, 128: 26.5, 160: 38.5, 192: 53.2}
 FRAMES = 16
 
@@ -64,7 +65,8 @@ def test_full_size_video_totals_within_one_percent(full_size):
     total = flops.gflops_per_video(plain, FRAMES)
     assert total == pytest.approx(FACTS_VIDEO[patch], rel=0.01)
     assert round(total, 1) == FACTS_VIDEO[patch]  # in fact to the published digit
-    # the AdaFocus+ network also pays pi' on every frame (facts page: sum over frames of f_G + policies + f_C)
+    # the AdaFocus+ network also pays pi' on every frame (per video: the sum over frames of f_G + pi + pi' + f_C,
+    # plus f_L on the kept frames)
     assert flops.net_gflops_per_video(net, FRAMES) == pytest.approx(total + FRAMES * parts["skip_policy"])
 
 
@@ -78,9 +80,9 @@ def test_resnet50_at_other_sizes(patch):
 
 
 def test_fvcore_default_is_the_whole_torchvision_model_with_batch_norm():
-    """The facts page's "fvcore: 0.3142" is fvcore's default count of the whole torchvision MobileNetV2:
-    features (0.2995) + BN (which fvcore counts by default, 0.0134) + the 1280->1000 classifier (0.0013) + the
-    global pool (0.00006). We count none of them."""
+    """The 0.3142 GFLOPs an out-of-the-box fvcore count gives for MobileNetV2 is its default count of the whole
+    torchvision model: features (0.2995) + BN (which fvcore counts by default, 0.0134) + the 1280->1000 classifier
+    (0.0013) + the global pool (0.00006). We count none of them."""
     import torchvision
     from fvcore.nn import FlopCountAnalysis
 
@@ -198,7 +200,7 @@ def test_cli_full_size_activitynet(capsys):
     assert float(rows["f_L (resnet50 @ 128x128)"][0]) == pytest.approx(FACTS_LOCAL[128], abs=5e-4)
     assert float(rows["f_C (gru, 200 classes)"][0]) == pytest.approx(FACTS_CLASSIFIER, abs=5e-5)
     assert float(rows["AdaFocus"][1]) == pytest.approx(26.5, rel=0.01)
-    # facts page figures: 16 x (0.2995 + 2 x 0.0100 + 0.0136) = 5.3296 fixed, + eta x 16 x 1.335 for f_L
+    # per-component figures above: 16 x (0.2995 + 2 x 0.0100 + 0.0136) = 5.3296 fixed, + eta x 16 x 1.335 for f_L
     assert float(rows["AdaFocus+ (eta=0.9)"][1]) == pytest.approx(5.3296 + 0.9 * 21.36, rel=0.01)  # 24.55
     assert float(rows["AdaFocus+ (eta=0.5)"][1]) == pytest.approx(5.3296 + 0.5 * 21.36, rel=0.01)  # 16.01
     assert rows["AdaFocus+ (eta=0.5)"][0] == "50"

@@ -1,5 +1,6 @@
 """Top-1 and the paper's mAP (adafocus_pl.evaluation.metrics, computed by torchmetrics) against hand-worked cases
-and a plain-python implementation of the definitions (facts page, "Metrics")."""
+and a plain-python implementation of the definitions (top-1 of the last step's scores; non-interpolated AP per
+class, averaged over all classes)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """A few long-lived worker processes that run stages (and evaluations) one after another, in-process.
 
-A ``python -m adafocus_pl.train`` process spends ~12 s of CPU importing torch, Lightning and W&B before its first
-step; a worker pays that once. Each job runs exactly what the command line runs (the same Hydra app, so the same
-``.hydra/`` files, ``train.log`` and results), with its console output in a log file of its own, so that jobs
-running side by side do not garble the terminal, and with the number of CPU threads the pipeline gives it.
+A ``python -m adafocus_pl.train`` process spends seconds of CPU importing torch, Lightning and W&B before its first
+step (docs/performance.md); a worker pays that once. Each job runs exactly what the command line runs (the same
+Hydra app, so the same ``.hydra/`` files, ``train.log`` and results), with its console output in a log file of its
+own, so that jobs running side by side do not garble the terminal, and with the number of CPU threads the pipeline
+gives it.
 
 Used by ``adafocus_pl.pipeline`` for single-device runs; a DDP run needs its own launcher and goes through
 ``adafocus_pl.chain.run_train_process`` instead.
@@ -47,7 +48,7 @@ def _warm_up() -> None:
     os.environ.pop("WANDB_SERVICE", None)  # each worker starts its own wandb-core (see utils.wandb_run)
     if "fork" in multiprocessing.get_all_start_methods():
         # a spawned process spawns its own children too; DataLoader workers would then re-import torch at every
-        # epoch (~10 s of CPU each): fork them, as a `python -m adafocus_pl.train` process does on Linux
+        # epoch (seconds of CPU each): fork them, as a `python -m adafocus_pl.train` process does on Linux
         multiprocessing.set_start_method("fork", force=True)
     import pytorch_lightning  # noqa: F401
 

@@ -1,6 +1,7 @@
 """The paper's evaluations of one stage checkpoint (the body behind ``python -m adafocus_pl.eval``).
 
-- offline top-1 and mAP from the last step's softmax scores (Sec. 3.4; mAP protocol on the facts page);
+- offline top-1 and mAP from the last step's softmax scores (Sec. 3.4; mAP over all classes as in
+  Table 1, see :func:`adafocus_pl.evaluation.metrics.mean_average_precision`);
 - the online curve: the metric after t of T frames at the cost of t frames (Fig. 6);
 - fixed-policy ablations on the checkpoint's own f_L/f_C (Table 5);
 - AdaFocus+: rho solved on the training split for each kept fraction eta, one row per eta (Sec. 3.3, Fig. 5);

@@ -1,14 +1,14 @@
 """GFLOPs per video, counted per component with fvcore.
 
-Convention (paper footnote 1: "FLOPs refers to the number of multiply-add operations"; facts page, "FLOPs":
-multiply-adds of conv and linear layers; BN, ReLU, shift ignored): one FLOP is one multiply-add of a convolution
-or of a matrix product (``nn.Linear``, and the two gate matmuls that ``nn.GRUCell`` traces to); bias adds,
-BatchNorm, activations, pooling, the GRU's elementwise gate arithmetic, softmax and resizing count nothing.
-fvcore's defaults also count ``aten::batch_norm`` (and ``FlopCountAnalysis.set_op_handle(op, None)`` does not
-remove a default handle), so we clear its handles and register only the matrix-product ops. With that convention
-fvcore reproduces the facts page exactly: MobileNetV2 ``features`` @224 = 0.2995 (fvcore's default 0.3142 is the
-whole torchvision model: + 0.0134 of BN + 0.0013 of its 1280->1000 classifier + 0.00006 of pooling), ResNet-50
-without its ``fc`` @96/128/144/160/176/192/224 = 0.751/1.335/1.758/2.085/2.606/3.003/4.087, one step of pi =
+Convention (paper footnote 1: "FLOPs refers to the number of multiply-add operations"): one FLOP is one
+multiply-add of a convolution or of a matrix product (``nn.Linear``, and the two gate matmuls that ``nn.GRUCell``
+traces to); bias adds, BatchNorm, activations, pooling, the GRU's elementwise gate arithmetic, softmax and resizing
+count nothing. fvcore's defaults also count ``aten::batch_norm`` (and ``FlopCountAnalysis.set_op_handle(op, None)``
+does not remove a default handle), so we clear its handles and register only the matrix-product ops. With that
+convention fvcore gives the per-component figures that add up to the paper's GFLOPs per video (README, "Evaluation,
+GFLOPs and figures"): MobileNetV2 ``features`` @224 = 0.2995 (fvcore's default 0.3142 is the whole torchvision
+model: + 0.0134 of BN + 0.0013 of its 1280->1000 classifier + 0.00006 of pooling), ResNet-50 without its ``fc``
+@96/128/144/160/176/192/224 = 0.751/1.335/1.758/2.085/2.606/3.003/4.087, one step of pi =
 0.0100 and one step of the GRU f_C (200 classes) = 0.0136.
 
 GFLOPs per video as in paper Table 1 / Fig. 5. Per frame (Sec. 3.4): f_G on the (glance-sized) frame, one step
@@ -168,7 +168,8 @@ def gflops_per_video(parts: Mapping[str, float], num_frames: int, use_local: boo
                      keep_fraction: float = 1.0) -> float:
     """Total GFLOPs for one video of ``num_frames`` frames from per-frame component ``parts``.
 
-    Facts page, "FLOPs": AdaFocus+ FLOPs = sum over frames of (f_G + policies + f_C) + kept fraction x f_L(P).
+    AdaFocus+ (paper Sec. 3.3): f_G, the policies and f_C run on every frame, f_L(P) only on the kept ones, so a
+    video costs the sum over frames of (f_G + policies + f_C) + kept fraction x the sum over frames of f_L(P).
     pi (and pi' when ``parts`` has ``skip_policy``) run on every frame; ``keep_fraction`` of the frames go
     through f_L. ``use_local=False`` is the glance-only network (f_G + f_C: no policy, no f_L).
     AdaFocus-TSM's ``per_clip`` parts already hold a whole clip: ``num_frames`` is then ignored.

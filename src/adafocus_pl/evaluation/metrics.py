@@ -23,7 +23,7 @@ from torchmetrics.functional.classification import (
 
 
 def top1_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of videos whose highest score is the (first) label (facts page, "Metrics": last-step scores)."""
+    """Fraction of videos whose highest score is the (first) label; the scores are the last step's (paper Sec. 3.4)."""
     labels = labels.to(scores.device).long()
     return multiclass_accuracy(scores, labels, num_classes=scores.shape[1], top_k=1, average="micro").item()
 
@@ -65,7 +65,7 @@ def per_class_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> 
 
 
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """mAP over ALL classes (facts page, "Metrics"): softmax scores over the whole split ``[N, K]``,
+    """mAP over ALL classes, as reported in paper Table 1: softmax scores over the whole split ``[N, K]``,
     multi-hot targets ``[N, K]`` (ActivityNet: first label only; FCVID: all labels); a class without positives
     counts 0."""
     return per_class_average_precision(scores, targets).mean().item()

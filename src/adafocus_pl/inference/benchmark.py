@@ -10,10 +10,10 @@ the fast path of :mod:`adafocus_pl.inference.fast` with the same backend and mem
 Two measurements: latency (one video of T frames) and throughput (a batch of videos). The contenders alternate
 within every repeat (the starting one rotates), and warm-up repeats are dropped. Times are the medians over the
 repeats; a speed-up is the median over the repeats of the reference's time divided by the contender's *in the same
-repeat*, so that drifts in the machine's speed, which hit both alike, cancel. (On the 2-core CPU one contender's
-times ranged over 1.42-1.68 s within a run; the quotient of the two median times then said 0.88 where the paired
-speed-ups said 0.92.) The FLOPs ratio is the reference's GFLOPs per video over the contender's (fvcore,
-:mod:`adafocus_pl.evaluation.flops`); "efficiency" is the speed-up divided by it.
+repeat*, so that drifts in the machine's speed, which hit both alike, cancel (a quotient of two medians can be
+off by several points where the paired one is not; docs/performance.md). The FLOPs ratio is the reference's
+GFLOPs per video over the contender's (fvcore, :mod:`adafocus_pl.evaluation.flops`); "efficiency" is the speed-up
+divided by it.
 "outside CNNs" is the share of a call's time spent outside f_G and f_L (policies, crop, f_C, Python).
 """
 
@@ -137,7 +137,7 @@ def summarise(contenders: list[Contender], batch_size: int) -> list[dict[str, An
     return rows
 
 
-NOISY_SPREAD = 0.10  # the 2-core CPU's quiet runs: 3-8%; runs while it was busy elsewhere: 11-42%
+NOISY_SPREAD = 0.10  # above the spread of quiet runs, below that of runs on a busy machine (docs/performance.md)
 
 
 def run_spread(row: dict[str, Any]) -> dict[str, float]:

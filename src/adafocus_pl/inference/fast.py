@@ -16,11 +16,10 @@ videos ``[B, T, 3, H, W]``:
 Everything runs under ``torch.inference_mode``; the backbones are copies prepared once: BatchNorm folded into
 the preceding convolution (``torch.fx`` fusion), ReLU / ReLU6 fused into the convolution before them on a CPU
 (:mod:`adafocus_pl.inference.fusion`), channels-last memory format, and one of three backends:
-``eager`` (default), ``compile`` (``torch.compile`` with Inductor's weight freezing; compiling every contender's
-networks added about a minute to ``make bench`` on 2 cores) or ``script`` (TorchScript trace + freeze +
-``optimize_for_inference``, which PyTorch deprecates). On the 2-core CPU, ms per frame, eager (before the activation
-fusion) / script / compile: MobileNetV2 at 224x224 (16 frames) 6.0 / 5.3 / 5.1; ResNet-50 at 128x128 (64 patches)
-16.0 / 16.9 / 15.0, at 224x224 49.8 / 49.0 / 45.8.
+``eager`` (default), ``compile`` (``torch.compile`` with Inductor's weight freezing; compiling costs start-up time
+for every network) or ``script`` (TorchScript trace + freeze + ``optimize_for_inference``, which PyTorch
+deprecates). The per-frame times of the three backends, and the other measurements behind this path, are in
+docs/performance.md ("Measurements behind the inference path and the process layout").
 
 :class:`FastFullFrame` is the same path for the full-frame baselines (:class:`~adafocus_pl.models.full_frame.
 FullFrameNet`), so the benchmark compares like with like.
@@ -56,10 +55,8 @@ from adafocus_pl.models.skipping import check_eta, keep_mask
 log = logging.getLogger(__name__)
 
 BACKENDS = ("eager", "compile", "script")
-# Frames per f_G call; None: all of a batch's frames in one call. On the 2-core CPU MobileNetV2 at 224x224 took
-# 6.0 ms per frame in chunks of 16 against 6.6 ms in one call of 64 when timed alone, but inside `make bench` the
-# gain was 3% of f_G's time (about 1% of a batch's), so one call stays the default. ResNet-50 (f_L) is fastest in
-# one call and is never chunked.
+# Frames per f_G call; None: all of a batch's frames in one call. One f_G call per batch: chunking gained ~nothing
+# inside the benchmark (docs/performance.md). f_L is fastest in one call and is never chunked.
 DEFAULT_GLANCE_CHUNK: int | None = None
 
 
@@ -125,9 +122,8 @@ class GRUScan:
     then per step only the hidden projection and five fused gate operations. Both products go through
     :class:`~adafocus_pl.inference.linear.FastLinear`; the hidden biases of r and z are folded into the input
     projection's (they are only ever summed), b_hn stays inside ``r * (W_hn h + b_hn)``.
-    Measured on the 2-core CPU (f_C of the paper, 16 steps): 7.1 ms at batch 1 and 17 ms at batch 4, against
-    11.9 / 29 ms on the same day for the same scan with ``F.linear`` products and unfused gates; on an earlier day
-    ``nn.GRU`` with the same weights took 15.7 / 57 ms and a Python loop over the cell 46 / 138 ms."""
+    Faster than the same scan with ``F.linear`` and unfused gates, than ``nn.GRU`` and than a Python loop over the
+    cell (timings in docs/performance.md)."""
 
     def __init__(self, cell: nn.GRUCell):
         self.hidden = hidden = cell.hidden_size

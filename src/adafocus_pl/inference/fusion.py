@@ -3,11 +3,9 @@
 - :func:`fold_batchnorm`: every Conv2d -> BatchNorm2d pair becomes one convolution (``torch.fx`` fusion).
 - :func:`fuse_conv_activations`: every Conv2d -> ReLU / ReLU6 pair becomes one oneDNN convolution with the
   activation applied as it writes its output (``torch.ops.mkldnn._convolution_pointwise``, the operator Inductor
-  emits for the same pattern), so the activation no longer reads and writes the whole tensor again. Measured on the
-  2-core CPU with fused and unfused runs interleaved (channels-last, BatchNorm folded): MobileNetV2 at 224x224 about
-  15% faster, 0.44-0.52 -> 0.36-0.43 s for 64 frames (its 35 ReLU6 follow wide, cheap convolutions); ResNet-50
-  unchanged (17.7 / 17.7 ms per frame at 128x128, 52.0 / 52.3 at 224x224). The outputs equal the unfused module's
-  bit for bit on that machine.
+  emits for the same pattern), so the activation no longer reads and writes the whole tensor again. It pays off
+  where many activations follow wide, cheap convolutions (MobileNetV2's ReLU6), and leaves ResNet-50 as fast as
+  before; the outputs equal the unfused module's (timings and the equality check in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -44,8 +42,8 @@ class ConvActivation(nn.Module):
     """``activation(conv(x))`` in one oneDNN call (inference only; CPU, float32).
 
     The weights are plain attributes, not parameters, so ``module.to(memory_format=torch.channels_last)`` leaves
-    them in the layout oneDNN reorders fastest (with channels-last weights ResNet-50 at 128x128 ran slower than
-    unfused: 18.4 against 17.7 ms per frame). The module therefore stays on the CPU it was made on."""
+    them in the layout oneDNN reorders fastest (with channels-last weights ResNet-50 ran slower than unfused;
+    docs/performance.md). The module therefore stays on the CPU it was made on."""
 
     def __init__(self, conv: nn.Conv2d, activation: str, scalars: list[float]):
         super().__init__()

@@ -1,19 +1,9 @@
 """``x @ W^T + b`` for the fast path's small matrix products: the recurrent steps of pi, pi' and f_C.
 
 At inference the recurrent parts multiply few rows (the videos of a batch) by large matrices (f_C's input
-projection is 3072x3328, 40 MB). BLAS picks poor kernels for these shapes on a CPU. Measured on the 2-core CPU
-(fp32, ms per product, ``N x K`` weight, ``M`` rows):
-
-=================  ===  ===================  ====================  ===================
-weight              M   ``F.linear``         ``(W @ x^T)^T``       oneDNN, packed for M
-=================  ===  ===================  ====================  ===================
-3072 x 1024          1   0.27                 0.26                  0.14
-3072 x 1024          4   1.24                 0.42                  0.30
-3072 x 1024         16   1.66                 0.82                  0.78
-3072 x 1024         64   4.10                 2.46                  2.83
-3072 x 3328         16   4.74                 3.54                  3.03
-3072 x 3328         64   10.07                8.58                  9.32
-=================  ===  ===================  ====================  ===================
+projection is 3072x3328, 40 MB). BLAS picks poor kernels for these shapes on a CPU: the transposed product below
+beat ``F.linear`` at every shape timed, and oneDNN with ``W`` packed for the row count beat both up to 16 rows but
+not at 64 (timings per weight shape and row count in docs/performance.md).
 
 So :class:`FastLinear` computes the product as ``(W @ x^T)^T`` (the same maths; the result is a transposed view),
 and on a CPU with oneDNN, for at most :data:`ONEDNN_MAX_ROWS` rows, with a copy of ``W`` that oneDNN re-laid out
@@ -28,7 +18,7 @@ from torch import Tensor
 
 from adafocus_pl.inference.onednn import onednn_has
 
-ONEDNN_MAX_ROWS = 16  # above this the transposed BLAS product is as fast (table above)
+ONEDNN_MAX_ROWS = 16  # above this the transposed BLAS product is as fast (docs/performance.md)
 
 
 def onednn_linear_available() -> bool:

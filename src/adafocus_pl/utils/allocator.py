@@ -2,14 +2,13 @@
 
 glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it on free. A CNN at inference
 allocates and frees such blocks in every call (ResNet-50's first activation for 64 frames of 224x224 is 205 MB),
-so each call page-faults its activations in again: on the 2-core CPU this was a third of a full-frame batch's time
-(6.1 s -> 4.3 s for 4 videos of 16 frames with this setting, and AdaFocus 2.9 s -> 1.9 s, all of the difference in
-kernel time). It is what jemalloc/tcmalloc give PyTorch CPU inference; here without a dependency: allocations come
-from the heap (``M_MMAP_MAX=0``) and the heap is never trimmed (``M_TRIM_THRESHOLD``), so after the first call the
-same memory is reused. The price is a resident size that stays at its peak.
+so each call page-faults its activations in again, in kernel time (a large share of a batch's time on a CPU;
+docs/performance.md). It is what jemalloc/tcmalloc give PyTorch CPU inference; here without a dependency:
+allocations come from the heap (``M_MMAP_MAX=0``) and the heap is never trimmed (``M_TRIM_THRESHOLD``), so after
+the first call the same memory is reused. The price is a resident size that stays at its peak.
 
 Training on a CPU pays the same toll (every step allocates and frees its activations): every stage run applies it
-(``adafocus_pl.stages.runner.run_stage``); measurements in docs/performance.md.
+(``adafocus_pl.stages.runner.run_stage``); the measurements, inference and training, are in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ def instantiate_group(group: DictConfig | None, key: str) -> list:
     """Instantiate every entry of a ``callbacks`` or ``logger`` group.
 
     An entry without ``_target_`` is an error (a typo such as ``logger.wandb.project=x`` with no wandb logger
-    selected would otherwise log nothing; ecosystem pitfall #5).
+    selected would otherwise log nothing: the entry builds no object and is silently skipped).
     """
     objects = []
     if not group:

@@ -1,4 +1,4 @@
-"""W&B house-keeping that keeps multirun jobs and crashed runs apart (ecosystem pitfalls #2, #6).
+"""W&B house-keeping that keeps multirun jobs and crashed runs apart: one W&B run per stage, even across resumes.
 
 A stage's W&B run id travels in its checkpoints (``WandbRunIdInCheckpoint``); a resumed stage reopens that run
 (``resume_wandb_run``) instead of starting a second one. ``finish_wandb`` closes the run whatever happened, so
