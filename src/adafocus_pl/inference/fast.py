@@ -46,7 +46,7 @@ from adafocus_pl.inference.fusion import fold_batchnorm, fuse_conv_activations
 from adafocus_pl.inference.linear import FastLinear
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.classifier import RecurrentClassifier
-from adafocus_pl.models.contract import NetOutput
+from adafocus_pl.models.contract import NetOutput, has_per_frame_blocks
 from adafocus_pl.models.full_frame import FullFrameNet
 from adafocus_pl.models.patch_policies import get_patch_policy
 from adafocus_pl.models.policy import PatchPolicy
@@ -221,9 +221,9 @@ def _synchronize(device: torch.device) -> None:
 
 
 def supports_fast_path(net: nn.Module) -> bool:
-    """Whether :class:`FastAdaFocus` runs ``net``: a patch network with one patch per frame."""
-    caps = net.capabilities
-    return isinstance(net, AdaFocusNet) and caps.has_policy and not caps.per_clip
+    """Whether :class:`FastAdaFocus` runs ``net``: a patch network with one patch per frame, whose building blocks
+    (:class:`~adafocus_pl.models.contract.PerFrameBlocks`) the engine composes."""
+    return has_per_frame_blocks(net)
 
 
 class FastAdaFocus(_Engine):

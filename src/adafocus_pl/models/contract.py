@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -189,6 +189,32 @@ class VideoNet(nn.Module):
                       keep: Tensor | None = None, focus_frames: Tensor | None = None) -> list[Tensor]:
         """f_C's logits for alternative patches scored from the same state (Stage II's rewards, Eq. 7/10)."""
         raise NotImplementedError
+
+
+class PerFrameBlocks(Protocol):
+    """The building blocks of a network with one patch per frame (``capabilities.has_policy`` and not
+    ``per_clip``: :class:`~adafocus_pl.models.adafocus.AdaFocusNet`), which the fast inference path and Stage 0
+    compose with their own prepared backbones. ``local`` runs f_L instead of the network's own."""
+
+    def check_frames(self, frames: Tensor) -> None: ...
+
+    def glance_inputs(self, frames: Tensor) -> Tensor: ...
+
+    def crop(self, frames: Tensor, offsets: Tensor) -> Tensor: ...
+
+    def local_features(self, patches: Tensor, local: Callable[[Tensor], Tensor] | None = None) -> Tensor: ...
+
+    def kept_local_features(self, frames: Tensor, offsets: Tensor, keep: Tensor,
+                            local: Callable[[Tensor], Tensor] | None = None) -> Tensor: ...
+
+    def classifier_inputs(self, glance_features: Tensor, local_features: Tensor,
+                          keep: Tensor | None = None) -> Tensor: ...
+
+
+def has_per_frame_blocks(net: VideoNet) -> bool:
+    """Whether ``net`` offers :class:`PerFrameBlocks` (a patch per frame chosen by a policy)."""
+    caps = net.capabilities
+    return caps.has_policy and caps.crops_patches and not caps.per_clip
 
 
 @torch.no_grad()
