@@ -23,6 +23,8 @@ from omegaconf import OmegaConf
 ADAFOCUS, ADAFOCUS_PLUS = "adafocus", "adafocus_plus"
 SHARED = "shared"  # a step both variants run, with plus=off, so that they find the same run
 TRAIN, EVAL = "train", "eval"
+# the folders of one sweep point that are not stages: make train's results table and a sweep job's Hydra files
+PIPELINE, SWEEP = "pipeline", "sweep"
 
 # Table 5's fixed policies and the glance-only model, each given Stage III's budget from the Stage I weights:
 # (results label, stage.module.patch_policy)
@@ -73,6 +75,11 @@ def select(variants: tuple[str, ...], stage0: bool = False, baselines: bool = Fa
     names = {step.name for step in chosen}
     return [step if not step.after or step.after in names else replace(step, after="")
             for step in chosen]
+
+
+def final_model(variant: str) -> str:
+    """The step whose run is the final model of ``variant``'s chain (the one its evaluation evaluates)."""
+    return next(step.after for step in PLAN if step.kind == EVAL and step.variant == variant)
 
 
 def families() -> dict[tuple[str, bool], str]:
