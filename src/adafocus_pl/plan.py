@@ -34,8 +34,8 @@ BASELINES = (("glance only", "none"), ("random patches", "random"), ("centre pat
 
 @dataclass(frozen=True)
 class PlanStep:
-    name: str               # the step's key; a training step's run directory is <stage.name> = name (baselines:
-    #                         stage3_<policy>)
+    name: str               # the step's key; also the stage.name of a stage's run (a baseline's is
+    #                         <stage>_<patch_policy>, e.g. stage3_random)
     stage: str              # its conf/stage option (an evaluation: the stage of the run it evaluates)
     label: str              # as printed; the results row of a final model has this name
     variant: str = SHARED   # SHARED | ADAFOCUS | ADAFOCUS_PLUS

@@ -2,8 +2,9 @@
 
 Each Hydra job is one sweep point (experiment, patch size, seed, AdaFocus or AdaFocus+) and runs its variant's steps
 of the plan (:mod:`adafocus_pl.plan`) through :mod:`adafocus_pl.chain`; the job's own directory (the run directory
-of ``sweep`` for its patch size and seed, one folder per variant: conf/sweep.yaml) keeps its Hydra config and log. When the multirun ends, the report of every run under the experiment's directory
-is written (``python -m adafocus_pl.report``). Any Hydra launcher works, e.g. ``hydra/launcher=submitit_slurm``.
+of ``sweep`` for its patch size and seed, one folder per variant: conf/sweep.yaml) keeps its Hydra config and log.
+When the multirun ends, the report of every run under the experiment's directory is written
+(``python -m adafocus_pl.report``). Any Hydra launcher works, e.g. ``hydra/launcher=submitit_slurm``.
 """
 
 from __future__ import annotations
