@@ -1,6 +1,7 @@
 """Run stages of the AdaFocus chain as ``python -m adafocus_pl.train`` processes: skip, resume or start each one.
 
-A stage's run directory is a pure function of its overrides (``paths.run_dir``). Before running a stage:
+The steps are those of the plan (:mod:`adafocus_pl.plan`). A stage's run directory is a pure function of its
+overrides (``paths.run_dir``, :func:`adafocus_pl.plan.run_directory`). Before running a stage:
 
 - ``done``: ``metrics.json`` is there and the saved composed config equals this one → skipped;
 - ``resume``: the same config but no ``metrics.json`` (the run was killed) → re-run with ``ckpt_path=auto``, which
@@ -31,47 +32,56 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
+from adafocus_pl.plan import ADAFOCUS, ADAFOCUS_PLUS, EVAL, TRAIN, select
 from adafocus_pl.utils.config import compose
 
 # how a run was started (fresh or resumed, by which pipeline) does not change what it computes
 IGNORED_KEYS = ("ckpt_path", "pipeline")
+# paths of the run layout (adafocus_pl.plan.run_directory): compared by where they point, not how they are spelled
+LAYOUT_KEYS = ("paths.run_dir", "stage.init_from", "init_from")
 
 
 @dataclass(frozen=True)
 class Step:
     label: str
     overrides: list[str]
-    name: str = ""     # stage0, stage1, stage2, stage3, stage2_plus, stage3_plus, baseline_<policy>
-    after: str = ""    # the step whose checkpoint it starts from ("" = none)
+    name: str = ""     # the plan's step (adafocus_pl.plan.PLAN): stage0, stage1, stage2, stage3_plus, baseline_<policy>
+    after: str = ""    # the step whose checkpoint it starts from, or that it evaluates ("" = none)
+    kind: str = TRAIN  # TRAIN | EVAL (the pipeline's evaluations)
 
 
-# Table 5's fixed policies and the glance-only model, each given Stage III's budget from the Stage I weights
-BASELINES = (("glance only", "none"), ("random patches", "random"), ("centre patches", "centre"),
-             ("Gaussian patches", "gaussian"))
+def plan_steps(overrides: list[str], variants: tuple[str, ...], stage0: bool = False, baselines: bool = False,
+               evaluations: bool = False) -> list[Step]:
+    """The steps of :data:`adafocus_pl.plan.PLAN` for ``variants`` as runnable steps: each training step is the
+    ``python -m adafocus_pl.train`` run of the user's ``overrides`` with its stage and variant; an evaluation has
+    the overrides of the run it evaluates.
+
+    The user's own ``stage=`` and ``plus=`` are dropped. Shared steps (Stages 0 and I) never have pi' and always
+    run with ``plus=off``, so both variants find the same run (and Stage 0 serves every patch size:
+    ``stage.shared_by``). A baseline is Stage III with a fixed patch policy under its own ``stage.name``, started
+    from the weights of the step it comes after (Stage I)."""
+    base = [o for o in overrides if not o.lstrip("+~").startswith(("stage=", "plus="))]
+    steps: dict[str, Step] = {}
+    for spec in select(variants, stage0=stage0, baselines=baselines, evaluations=evaluations):
+        if spec.kind == EVAL:
+            evaluated = steps[spec.after].overrides
+            steps[spec.name] = Step(spec.label, evaluated, spec.name, spec.after, EVAL)
+            continue
+        stage = [f"stage={spec.stage}", "plus=on" if spec.variant == ADAFOCUS_PLUS else "plus=off"]
+        if spec.patch_policy is not None:
+            start = Path(run_dir(steps[spec.after].overrides)) / "checkpoints" / "last.ckpt"
+            stage += [f"stage.name={spec.stage}_{spec.patch_policy}", f"stage.module.patch_policy={spec.patch_policy}",
+                      f"init_from={start}"]
+        steps[spec.name] = Step(spec.label, [*base, *stage], spec.name, spec.after)
+    return list(steps.values())
 
 
 def stage_chain(overrides: list[str], plus: bool, stage0: bool = False, baselines: bool = False) -> list[Step]:
-    """Stage I → II → III of AdaFocus, or Stage I → II+ → III+ of AdaFocus+ (Sec. 3.3), after the release's
-    Stage 0 when ``stage0`` (the schedule runs it: :func:`runs_stage0`), and with ``baselines`` the fixed-policy
-    and glance-only runs (:data:`BASELINES`) after Stage I.
-
-    Stages 0 and I never have pi' and are shared: they always run with ``plus=off`` so both variants find the same
-    run (and Stage 0 serves every patch size: ``stage.shared_by``)."""
-    base = [o for o in overrides if not o.lstrip("+~").startswith(("stage=", "plus="))]
-    variant, suffix, tag = ("plus=on", "_plus", "+") if plus else ("plus=off", "", "")
-    steps = [Step("stage 0 (backbones on whole frames)", [*base, "stage=stage0", "plus=off"], "stage0")] if stage0 else []
-    steps += [
-        Step("stage I (warm-up)", [*base, "stage=stage1", "plus=off"], "stage1", "stage0" if stage0 else ""),
-        Step(f"stage II{tag} ({'policies pi, pi' + chr(39) if plus else 'policy'})", [*base, "stage=stage2", variant],
-             f"stage2{suffix}", "stage1"),
-        Step(f"stage III{tag} (fine-tuning)", [*base, "stage=stage3", variant], f"stage3{suffix}", f"stage2{suffix}"),
-    ]
-    if baselines:
-        stage1_ckpt = run_dir(steps[-3].overrides) / "checkpoints" / "last.ckpt"
-        steps += [Step(label, [*base, "stage=stage3", "plus=off", f"stage.name=stage3_{policy}",
-                               f"stage.module.patch_policy={policy}", f"init_from={stage1_ckpt}"],
-                       f"baseline_{policy}", "stage1") for label, policy in BASELINES]
-    return steps
+    """One sweep point's chain: Stage I -> II -> III of AdaFocus, or Stage I -> II+ -> III+ of AdaFocus+ (Sec. 3.3),
+    after the release's Stage 0 when ``stage0`` (the schedule runs it: :func:`runs_stage0`), and with ``baselines``
+    the fixed-policy and glance-only runs (:data:`adafocus_pl.plan.BASELINES`) after Stage I (AdaFocus's point only:
+    AdaFocus+ shares its Stage I)."""
+    return plan_steps(overrides, (ADAFOCUS_PLUS if plus else ADAFOCUS,), stage0, baselines)
 
 
 def composed_run(overrides: list[str]):
@@ -89,11 +99,33 @@ def runs_stage0(overrides: list[str]) -> bool:
     return bool(OmegaConf.select(compose("train", overrides), "schedule.stage0.epochs", default=0))
 
 
+def resolve_layout(config: dict) -> dict:
+    """``config`` with its :data:`LAYOUT_KEYS` resolved: the same directory compares equal however the config
+    spelled it (runs saved before the layout had one function spelled it out, ``${paths.log_dir}/...``; now they
+    say ``${adafocus.run_dir:STAGE}``). A value that does not resolve here is compared as written."""
+    try:
+        resolvable = OmegaConf.create(config)
+    except Exception:  # not a config OmegaConf reads: compared as written
+        return config
+    for dotted in LAYOUT_KEYS:
+        try:
+            value = OmegaConf.select(resolvable, dotted, default=None, throw_on_resolution_failure=True)
+        except Exception:  # e.g. a resolver of another version of the project
+            continue
+        *parents, leaf = dotted.split(".")
+        node = config
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = value
+    return config
+
+
 def comparable(config: dict) -> dict:
     """A config as saved in ``.hydra/config.yaml`` (no ``hydra`` node), minus the keys that do not matter: how the
     run was started, and the settings its stage does not depend on (``stage.shared_by``, e.g. Stage 0's patch
-    size)."""
-    config = copy.deepcopy({k: v for k, v in config.items() if k not in (*IGNORED_KEYS, "hydra")})
+    size); its run-layout paths are compared as the directories they resolve to (:func:`resolve_layout`)."""
+    config = resolve_layout(copy.deepcopy({k: v for k, v in config.items() if k not in (*IGNORED_KEYS, "hydra")}))
     for dotted in (config.get("stage") or {}).get("shared_by") or []:
         *parents, leaf = dotted.split(".")
         node = config

@@ -11,9 +11,10 @@
    coverage) with an accuracy-vs-GFLOPs plot, written as ``results.json`` / ``results.md`` /
    ``accuracy_vs_gflops.png`` / ``online.png`` in the pipeline's run directory.
 
-The steps form a graph (after Stage I, the AdaFocus chain, the AdaFocus+ chain and the baselines are independent)
-and run side by side, ``pipeline.jobs`` at a time, in worker processes that import the libraries once
-(:mod:`adafocus_pl.workers`); the CPU cores are shared among the steps that run. Each step's console goes to
+The steps are those of the plan (:data:`adafocus_pl.plan.PLAN`, one run directory each:
+:func:`adafocus_pl.plan.run_directory`). They form a graph (after Stage I, the AdaFocus chain, the AdaFocus+
+chain and the baselines are independent) and run side by side, ``pipeline.jobs`` at a time, in worker processes
+that import the libraries once (:mod:`adafocus_pl.workers`); the CPU cores are shared among the steps that run. Each step's console goes to
 ``<run dir>/console.log``; the terminal shows one line per epoch and per finished step. Each stage is skipped when
 finished with the same config, resumed when interrupted (``adafocus_pl.chain``).
 """
@@ -31,10 +32,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from adafocus_pl.chain import Step, run_dir, run_step, run_train_process, stage_chain
+from adafocus_pl.chain import Step, plan_steps, run_dir, run_step, run_train_process
+from adafocus_pl.plan import ADAFOCUS, ADAFOCUS_PLUS, EVAL, PIPELINE, PLAN, TRAIN, run_dir_of
 from adafocus_pl.utils.config import compose
-
-TRAIN, EVAL = "train", "eval"
 
 
 @dataclass(frozen=True)
@@ -50,22 +50,23 @@ class Job:
 
 
 def plan(user: list[str], stage0: bool, plus: bool) -> list[Job]:
-    """The steps of ``make train`` (``adafocus_pl.chain``'s chains of both variants and the baselines, then the
-    evaluations) and what each waits for; in the order the scheduler prefers among ready steps: the longest chains
-    first, so that the baselines fill the gaps."""
-    steps = {step.name: step for step in stage_chain(user, plus=False, stage0=stage0, baselines=True)}
-    if plus:
-        steps.update({step.name: step for step in stage_chain(user, plus=True, stage0=stage0)})
-    jobs = {name: Job(name, step.label, TRAIN, tuple(step.overrides), (step.after,) if step.after else (),
-                      patch_policy=name.removeprefix("baseline_") if name.startswith("baseline_") else None,
-                      directory=run_dir(step.overrides))
-            for name, step in steps.items()}
-    for suffix in ("", "_plus") if plus else ("",):
-        stage3 = jobs[f"stage3{suffix}"]
-        jobs[f"eval{suffix}"] = Job(f"eval{suffix}", f"evaluation of AdaFocus{'+' if suffix else ''}", EVAL,
-                                    stage3.overrides, (stage3.name,), plus=bool(suffix), directory=stage3.directory)
-    order = ["stage0", "stage1", "stage2", "stage2_plus", "stage3", "stage3_plus", "eval", "eval_plus"]
-    return sorted(jobs.values(), key=lambda job: order.index(job.name) if job.name in order else len(order))
+    """The steps of ``make train`` (:data:`adafocus_pl.plan.PLAN`: the chains of both variants, the baselines and
+    the evaluations) and what each waits for, in the plan's order, which the scheduler prefers among ready steps:
+    the longest chains first, so that the baselines fill the gaps."""
+    specs = {spec.name: spec for spec in PLAN}
+    steps = plan_steps(user, (ADAFOCUS, ADAFOCUS_PLUS) if plus else (ADAFOCUS,), stage0=stage0, baselines=True,
+                       evaluations=True)
+    jobs: dict[str, Job] = {}
+    for step in steps:
+        if step.kind == EVAL:  # the final model of its chain, in that run's directory
+            evaluated = jobs[step.after]
+            jobs[step.name] = Job(step.name, step.label, EVAL, evaluated.overrides, (evaluated.name,),
+                                  plus=specs[step.name].variant == ADAFOCUS_PLUS, directory=evaluated.directory)
+        else:
+            jobs[step.name] = Job(step.name, step.label, TRAIN, tuple(step.overrides),
+                                  (step.after,) if step.after else (), patch_policy=specs[step.name].patch_policy,
+                                  directory=run_dir(step.overrides))
+    return list(jobs.values())
 
 
 # ------------------------------------------------------------------------------------------------- in the workers
@@ -263,12 +264,11 @@ def main(argv: list[str] | None = None) -> Path:
     jobs = plan(user, stage0=runs_stage0(user), plus=cfg.model.get("architecture", "adafocus") != "adafocus_tsm")
     in_workers = single_process(cfg)
     count = job_count(cfg, cores) if in_workers else 1
-    stage1_dir = next(job.directory for job in jobs if job.name == "stage1")
-    out_dir = stage1_dir.parents[2] / "pipeline" / stage1_dir.parent.name / stage1_dir.name
+    out_dir = Path(run_dir_of(cfg, PIPELINE))
     with Workers(count) as workers:  # they start and import while the data is prepared here
         pipeline = Pipeline(cfg, jobs, workers, cores, in_workers)
         pipeline.say(f"{len(jobs)} steps, {count} at a time on {cores} CPU core(s); runs under "
-                     f"{stage1_dir.parents[2]}")
+                     f"{Path(cfg.paths.log_dir) / cfg.experiment_name}")
         try:
             synthetic.prepare(cfg.data)
         except synthetic.NotOwnedError as err:

@@ -1,9 +1,10 @@
 """Sweeps over the whole stage chain: ``python -m adafocus_pl.sweep -m model.patch_size=24,32,48 plus=off,on``.
 
-Each Hydra job is one sweep point (experiment, patch size, seed, AdaFocus or AdaFocus+) and runs its stage chain
-through :mod:`adafocus_pl.chain`; the job's own directory (``<log_dir>/<experiment>/sweep/p<P>/seed<s>/<variant>``)
-keeps its Hydra config and log. When the multirun ends, the report of every run under the experiment's directory
-is written (``python -m adafocus_pl.report``). Any Hydra launcher works, e.g. ``hydra/launcher=submitit_slurm``.
+Each Hydra job is one sweep point (experiment, patch size, seed, AdaFocus or AdaFocus+) and runs its variant's steps
+of the plan (:mod:`adafocus_pl.plan`) through :mod:`adafocus_pl.chain`; the job's own directory (the run directory
+of ``sweep`` for its patch size and seed, one folder per variant: conf/sweep.yaml) keeps its Hydra config and log.
+When the multirun ends, the report of every run under the experiment's directory is written
+(``python -m adafocus_pl.report``). Any Hydra launcher works, e.g. ``hydra/launcher=submitit_slurm``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from adafocus_pl.plan import ADAFOCUS, ADAFOCUS_PLUS, final_model
 from adafocus_pl.utils.config import config_dir, register_resolvers
 
 register_resolvers()
@@ -36,9 +38,11 @@ def main(cfg: DictConfig) -> float | None:
     # the sweep's own keys (conf/sweep.yaml) are not settings of the stages it runs
     overrides = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in SWEEP_KEYS]
     plus = bool(cfg.plus.enabled)
-    # the AdaFocus point also runs the fixed-policy baselines of its patch size (AdaFocus+ shares its Stage I)
-    results = run_chain(overrides, plus=plus, baselines=bool(cfg.get("baselines", True)) and not plus)
-    final_dir = next(directory for step, directory, _ in results if step.name.startswith("stage3"))
+    # the AdaFocus point also runs the fixed-policy baselines of its patch size (the plan's baselines are
+    # AdaFocus's steps; AdaFocus+ shares its Stage I)
+    results = run_chain(overrides, plus=plus, baselines=bool(cfg.get("baselines", True)))
+    final = final_model(ADAFOCUS_PLUS if plus else ADAFOCUS)
+    final_dir = next(directory for step, directory, _ in results if step.name == final)
     metrics = json.loads((final_dir / "metrics.json").read_text()) if (final_dir / "metrics.json").is_file() else {}
     print(f"[sweep] {' '.join(overrides)}: " + ", ".join(f"{step.label} {state}" for step, _, state in results))
     return metrics.get(f"test/{str(cfg.monitor).split('/')[-1]}")

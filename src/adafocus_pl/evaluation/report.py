@@ -19,14 +19,12 @@ import yaml
 from omegaconf import OmegaConf
 
 from adafocus_pl.evaluation.flops import gflops_per_video, model_component_gflops
+from adafocus_pl.plan import PIPELINE, families, point_dir
 from adafocus_pl.utils.config import register_resolvers
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {  # (stage 3 patch policy, AdaFocus+) -> the family of a final model
-    ("learned", False): "AdaFocus", ("learned", True): "AdaFocus+", ("random", False): "random patches",
-    ("centre", False): "centre patches", ("gaussian", False): "Gaussian patches", ("none", False): "glance only",
-}
+FAMILIES = families()  # (stage 3 patch policy, AdaFocus+) -> the family of a final model, as the plan labels them
 NO_RUNS_HINT = ("runs are made by `make sweep`, `python -m adafocus_pl.sweep -m model.patch_size=... plus=off,on` "
                 "or `python -m adafocus_pl.train`")
 
@@ -141,9 +139,10 @@ def runs_markdown(runs: list[dict[str, Any]]) -> str:
 
 
 def pipeline_tables(root: Path) -> list[dict[str, Any]]:
-    """``make train``'s results tables under ``root`` (``pipeline/p<P>/seed<s>/results.json``), one per run."""
+    """``make train``'s results tables under ``root`` (``results.json`` in the run directory of ``pipeline`` of each
+    patch size and seed), one per run."""
     tables = []
-    for path in sorted(root.glob("pipeline/p*/seed*/results.json")):
+    for path in sorted(root.glob(f"{PIPELINE}/{point_dir('*', '*')}/results.json")):
         try:
             tables.append(json.loads(path.read_text()))
         except ValueError as error:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from adafocus_pl import plan
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -29,7 +31,9 @@ def config_dir() -> str:
 
 
 def register_resolvers() -> None:
-    """Resolvers used by conf/ (idempotent)."""
+    """Resolvers used by conf/ (idempotent): the run layout's (:func:`adafocus_pl.plan.register_resolvers`) and
+    these."""
+    plan.register_resolvers()
     if not OmegaConf.has_resolver("adafocus.project_root"):
         OmegaConf.register_new_resolver("adafocus.project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("adafocus.when"):  # ${adafocus.when:COND,VALUE}: VALUE if COND is truthy, else null

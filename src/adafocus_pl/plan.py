@@ -1,0 +1,126 @@
+"""The experiment plan, declared once: the runs that make up one sweep point and where each run lives.
+
+:data:`PLAN` lists every step of one (experiment, patch size, seed): the training stages of AdaFocus and of
+AdaFocus+ (paper Secs. 3.2-3.3), the fixed-policy and glance-only baselines of Table 5 and the evaluations of the
+two final models. ``make train`` (:mod:`adafocus_pl.pipeline`) runs all of it, each sweep point
+(:mod:`adafocus_pl.sweep`) runs the training steps of its variant (:func:`adafocus_pl.chain.stage_chain`), and the
+report (:mod:`adafocus_pl.evaluation.report`) names final models by the same labels (:func:`families`).
+
+:func:`run_directory` is the one place that says where a run lives; the configs reach it through the resolvers
+registered by :func:`register_resolvers` (``${adafocus.run_dir:STAGE}``, ``${adafocus.point_dir:}``), which
+importing :mod:`adafocus_pl.utils.config` registers. This module imports nothing of the project: the resolvers
+must be available before anything else is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from omegaconf import OmegaConf
+
+# the two variants of a sweep point, as conf/plus/*.yaml tag them (plus.tag)
+ADAFOCUS, ADAFOCUS_PLUS = "adafocus", "adafocus_plus"
+SHARED = "shared"  # a step both variants run, with plus=off, so that they find the same run
+TRAIN, EVAL = "train", "eval"
+# the folders of one sweep point that are not stages: make train's results table and a sweep job's Hydra files
+PIPELINE, SWEEP = "pipeline", "sweep"
+
+# Table 5's fixed policies and the glance-only model, each given Stage III's budget from the Stage I weights:
+# (results label, stage.module.patch_policy)
+BASELINES = (("glance only", "none"), ("random patches", "random"), ("centre patches", "centre"),
+             ("Gaussian patches", "gaussian"))
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    name: str               # the step's key; also the stage.name of a stage's run (a baseline's is
+    #                         <stage>_<patch_policy>, e.g. stage3_random)
+    stage: str              # its conf/stage option (an evaluation: the stage of the run it evaluates)
+    label: str              # as printed; the results row of a final model has this name
+    variant: str = SHARED   # SHARED | ADAFOCUS | ADAFOCUS_PLUS
+    after: str = ""         # the step whose checkpoint it starts from (or, for an evaluation, that it evaluates)
+    kind: str = TRAIN       # TRAIN | EVAL
+    patch_policy: str | None = None   # a baseline: Stage III with this fixed policy, from the `after` step's weights
+    family: str | None = None         # a final model: its family in the results tables
+    optional: str | None = None       # "stage0": only when the schedule runs Stage 0; "baselines": only when asked
+    per_patch_size: bool = True       # False: one run serves every patch size (no p<P> level in its directory)
+
+
+# In the order ``make train`` prefers among steps that are ready: the longest chains first, so that the baselines
+# fill the gaps. Each variant's chain, read in this order, runs every step after the one it starts from.
+PLAN: tuple[PlanStep, ...] = (
+    # the release's Stage 0 (f_G and f_L on whole frames, conf/stage/stage0.yaml): it never cuts a patch
+    PlanStep("stage0", "stage0", "stage 0 (backbones on whole frames)", optional="stage0", per_patch_size=False),
+    PlanStep("stage1", "stage1", "stage I (warm-up)", after="stage0"),                               # Eq. 5
+    PlanStep("stage2", "stage2", "stage II (policy)", ADAFOCUS, after="stage1"),                     # Eqs. 6-7
+    PlanStep("stage2_plus", "stage2", "stage II+ (policies pi, pi')", ADAFOCUS_PLUS, after="stage1"),  # Eq. 10
+    PlanStep("stage3", "stage3", "stage III (fine-tuning)", ADAFOCUS, after="stage2", family="AdaFocus"),
+    PlanStep("stage3_plus", "stage3", "stage III+ (fine-tuning)", ADAFOCUS_PLUS, after="stage2_plus",
+             family="AdaFocus+"),
+    PlanStep("eval", "stage3", "evaluation of AdaFocus", ADAFOCUS, after="stage3", kind=EVAL),
+    PlanStep("eval_plus", "stage3", "evaluation of AdaFocus+", ADAFOCUS_PLUS, after="stage3_plus", kind=EVAL),
+    *(PlanStep(f"baseline_{policy}", "stage3", label, ADAFOCUS, after="stage1", patch_policy=policy, family=label,
+               optional="baselines") for label, policy in BASELINES),
+)
+
+
+def select(variants: tuple[str, ...], stage0: bool = False, baselines: bool = False,
+           evaluations: bool = False) -> list[PlanStep]:
+    """The steps of :data:`PLAN` that run for ``variants`` (shared steps once), in the plan's order; a step whose
+    ``after`` is not among them (Stage I without Stage 0) starts from nothing."""
+    wanted = {"stage0": stage0, "baselines": baselines}
+    chosen = [step for step in PLAN if (step.variant == SHARED or step.variant in variants)
+              and (step.optional is None or wanted[step.optional]) and (evaluations or step.kind == TRAIN)]
+    names = {step.name for step in chosen}
+    return [step if not step.after or step.after in names else replace(step, after="")
+            for step in chosen]
+
+
+def final_model(variant: str) -> str:
+    """The step whose run is the final model of ``variant``'s chain (the one its evaluation evaluates)."""
+    return next(step.after for step in PLAN if step.kind == EVAL and step.variant == variant)
+
+
+def families() -> dict[tuple[str, bool], str]:
+    """(Stage III patch policy, AdaFocus+) -> the family of a final model, from the plan's labels."""
+    return {(step.patch_policy or "learned", step.variant == ADAFOCUS_PLUS): step.family
+            for step in PLAN if step.family}
+
+
+# ------------------------------------------------------------------------------------------------ the run layout
+def point_dir(patch_size: Any, seed: Any) -> str:
+    """A sweep point's part of a run directory: ``p<P>/seed<s>``, or ``seed<s>`` for a run that every patch size
+    shares (``patch_size`` None). Wildcards give glob patterns (``point_dir("*", "*")``)."""
+    return ("" if patch_size is None else f"p{patch_size}/") + f"seed{seed}"
+
+
+def run_directory(log_dir: Any, experiment_name: str, stage: str, patch_size: Any, seed: Any) -> str:
+    """The run directory of one stage of one sweep point: a pure function of its identity (no timestamps), so a
+    re-run of the same command finds its own checkpoints, every DDP rank resolves the same directory, and the next
+    stage finds this one. ``patch_size`` None: a run every patch size shares."""
+    return f"{log_dir}/{experiment_name}/{stage}/{point_dir(patch_size, seed)}"
+
+
+def shared_by_patch_sizes(stage: str) -> bool:
+    """Whether one run of ``stage`` serves every patch size (its directory has no ``p<P>`` level)."""
+    return any(step.name == stage and not step.per_patch_size for step in PLAN)
+
+
+def run_dir_of(cfg: Any, stage: str) -> str:
+    """:func:`run_directory` of ``stage`` for the experiment, patch size and seed of a composed config."""
+    patch_size = None if shared_by_patch_sizes(stage) else cfg.model.patch_size
+    return run_directory(cfg.paths.log_dir, cfg.experiment_name, stage, patch_size, cfg.seed)
+
+
+def register_resolvers() -> None:
+    """``${adafocus.run_dir:STAGE}``: the run directory of STAGE for this config's experiment, patch size and seed;
+    ``${adafocus.point_dir:}``: its sweep point's part, :func:`point_dir` (idempotent)."""
+    if not OmegaConf.has_resolver("adafocus.run_dir"):
+        OmegaConf.register_new_resolver("adafocus.run_dir", lambda stage, *, _root_: run_dir_of(_root_, str(stage)))
+    if not OmegaConf.has_resolver("adafocus.point_dir"):
+        OmegaConf.register_new_resolver("adafocus.point_dir",
+                                        lambda *, _root_: point_dir(_root_.model.patch_size, _root_.seed))
+
+
+register_resolvers()
