@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.eval.out_dir) if cfg.eval.out_dir else default_out_dir(Path(cfg.ckpt_path))
     metric = "mAP" if str(cfg.monitor).endswith("mAP") else "top1"
     result = evaluate_checkpoint(ckpt, datamodule, split=cfg.eval.split, threshold_split=cfg.eval.threshold_split,
-                                 fixed_policies=list(cfg.eval.fixed_policies), etas=list(cfg.eval.etas),
+                                 fixed_policies=None if cfg.eval.fixed_policies is None else list(cfg.eval.fixed_policies), etas=list(cfg.eval.etas),
                                  device=resolve_device(cfg.eval.device, "eval.device"), seed=cfg.seed)
     result.update({"checkpoint": str(cfg.ckpt_path), "stage": ckpt.stage, "split": cfg.eval.split,
                    "experiment": cfg.experiment_name, "frames_per_video": cfg.data.num_segments})

@@ -80,15 +80,17 @@ def evaluate_run(overrides: list[str], ckpt: str) -> dict:
 def baseline_row(overrides: list[str], job: Job) -> dict:
     """The results row of a baseline from its run's test metrics."""
     from adafocus_pl.evaluation.flops import gflops_per_video, model_component_gflops
+    from adafocus_pl.models.patch_policies import get_patch_policy
 
+    uses_local = get_patch_policy(job.patch_policy).uses_local
     cfg = compose("train", overrides)
     parts = model_component_gflops(cfg.model, (cfg.data.eval_crop, cfg.data.eval_crop))
     metrics = json.loads((job.directory / "metrics.json").read_text())
     return {"method": job.label, "family": job.label, "patch_policy": job.patch_policy, "run_dir": str(job.directory),
             "top1": metrics.get("test/top1"), "mAP": metrics.get("test/mAP"),
             "hit_rate": metrics.get("test/hit_rate"), "coverage": metrics.get("test/coverage"),
-            "gflops_per_video": gflops_per_video(parts, cfg.data.num_segments, use_local=job.patch_policy != "none"),
-            "keep_fraction": 0.0 if job.patch_policy == "none" else 1.0}
+            "gflops_per_video": gflops_per_video(parts, cfg.data.num_segments, use_local=uses_local),
+            "keep_fraction": 1.0 if uses_local else 0.0}
 
 
 def write_summary(overrides: list[str], rows: list[dict], eval_paths: list[str], out_dir: str,
@@ -241,9 +243,9 @@ class Pipeline:
             if job.kind == EVAL:
                 result = self.results[job.name]
                 for row in result["rows"]:
-                    if job.plus and "keep_ratio" not in row:  # the eta = 1 end of the AdaFocus+ curve
+                    if job.plus and "eta" not in row:  # the eta = 1 end of the AdaFocus+ curve
                         row.update(method="AdaFocus+ network, f_L on every frame", family="AdaFocus+",
-                                   keep_ratio=1.0)
+                                   eta=1.0)
                     rows.append({**row, "run_dir": str(job.directory)})
                 eval_paths.append(str(result["paths"]["md"]))
         plain = [row for row in rows if row["family"] != "AdaFocus+"]

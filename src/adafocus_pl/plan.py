@@ -8,8 +8,8 @@ report (:mod:`adafocus_pl.evaluation.report`) names final models by the same lab
 
 :func:`run_directory` is the one place that says where a run lives; the configs reach it through the resolvers
 registered by :func:`register_resolvers` (``${adafocus.run_dir:STAGE}``, ``${adafocus.point_dir:}``), which
-importing :mod:`adafocus_pl.utils.config` registers. This module imports nothing of the project: the resolvers
-must be available before anything else is.
+importing :mod:`adafocus_pl.utils.config` registers. Of the project it imports only the patch-policy registry,
+whose baselines it runs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from adafocus_pl.models.patch_policies import baseline_policies
+
 # the two variants of a sweep point, as conf/plus/*.yaml tag them (plus.tag)
 ADAFOCUS, ADAFOCUS_PLUS = "adafocus", "adafocus_plus"
 SHARED = "shared"  # a step both variants run, with plus=off, so that they find the same run
@@ -26,10 +28,9 @@ TRAIN, EVAL = "train", "eval"
 # the folders of one sweep point that are not stages: make train's results table and a sweep job's Hydra files
 PIPELINE, SWEEP = "pipeline", "sweep"
 
-# Table 5's fixed policies and the glance-only model, each given Stage III's budget from the Stage I weights:
-# (results label, stage.module.patch_policy)
-BASELINES = (("glance only", "none"), ("random patches", "random"), ("centre patches", "centre"),
-             ("Gaussian patches", "gaussian"))
+# Table 5's fixed policies and the glance-only model (the patch-policy registry's baselines), each given Stage
+# III's budget from the Stage I weights: (results label, stage.module.patch_policy)
+BASELINES = tuple((spec.label, spec.name) for spec in baseline_policies())
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from adafocus_pl.evaluation.flops import gflops_per_video, model_component_gflops
+from adafocus_pl.models.patch_policies import get_patch_policy
 from adafocus_pl.plan import PIPELINE, families, point_dir
 from adafocus_pl.utils.config import register_resolvers
 
@@ -55,11 +56,11 @@ def add_gflops(run: dict[str, Any]) -> dict[str, Any]:
     parts = model_component_gflops(run.pop("model"), (run["crop"], run["crop"]))  # cached per distinct config
     if not run["plus"]:
         parts.pop("skip_policy", None)
-    uses_local = run["patch_policy"] != "none"
+    uses_local = get_patch_policy(run["patch_policy"]).uses_local
     keep = run["metrics"].get("test/keep_fraction", 1.0) if run["plus"] else (1.0 if uses_local else 0.0)
     run["keep_fraction"] = keep
     run["gflops_per_video"] = gflops_per_video(parts, run["frames"], use_local=uses_local,
-                                               local_fraction=keep if uses_local else 1.0)
+                                               keep_fraction=keep if uses_local else 1.0)
     return run
 
 
