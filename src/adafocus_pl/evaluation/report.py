@@ -56,7 +56,8 @@ def add_gflops(run: dict[str, Any]) -> dict[str, Any]:
     parts = model_component_gflops(run.pop("model"), (run["crop"], run["crop"]))  # cached per distinct config
     if not run["plus"]:
         parts.pop("skip_policy", None)
-    uses_local = get_patch_policy(run["patch_policy"]).uses_local
+    # only Stage III names a policy; the earlier stages' runs all cut patches
+    uses_local = run["patch_policy"] is None or get_patch_policy(run["patch_policy"]).uses_local
     keep = run["metrics"].get("test/keep_fraction", 1.0) if run["plus"] else (1.0 if uses_local else 0.0)
     run["keep_fraction"] = keep
     run["gflops_per_video"] = gflops_per_video(parts, run["frames"], use_local=uses_local,
