@@ -1,4 +1,4 @@
-"""The decode cache of ``VideoFileDataset``: every frame of a video decoded once into one ``.npy`` file.
+"""The decode cache of ``VideoFileStorage``: every frame of a video decoded once into one ``.npy`` file.
 
 Worth it for small videos read many times (the synthetic benchmark: ~0.2 ms to load a clip from the cache against
 ~13 ms to decode it); off by default for a user's own videos, where full-resolution frames are large.
