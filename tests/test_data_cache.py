@@ -1,5 +1,6 @@
 """The decoded-video cache returns exactly what decoding returns, and is written once, atomically."""
 
+import pytest
 import torch
 
 from adafocus_pl.data.datasets import ClipDataset
@@ -58,3 +59,13 @@ def test_entries_of_the_first_cache_naming_are_renamed_not_decoded_again(tmp_pat
     cached = val_clips(data, "train.txt", cache_dir=decoded)
     cached.storage._read_clip_decoded = None  # any decoding would fail: every clip must come from the renamed entries
     assert all(cached[i]["frames"].shape == (8, 3, 96, 96) for i in range(3))
+
+
+def test_a_missing_video_has_no_cache_entry_and_fails_as_without_a_cache(tmp_path):
+    (tmp_path / "l.txt").write_text("missing.mp4 0\n")
+    cache = DecodeCache(tmp_path / "cache")
+    assert cache.lookup("missing.mp4", tmp_path / "missing.mp4") is None
+    ds = ClipDataset(VideoFileStorage(VideoList.read(tmp_path, "l.txt", "video", num_classes=1), cache=cache),
+                     SegmentSampler(4, "val"))
+    with pytest.raises(FileNotFoundError, match=r"video file \S*missing\.mp4 .* does not exist: check data\.root"):
+        ds[0]

@@ -273,6 +273,15 @@ def test_datamodule_rejects_unknown_kind_and_skips_unconfigured_splits(frames_ro
     assert len(dm.train_dataloader().dataset) == 2
 
 
+def test_the_flat_data_config_is_sorted_into_groups_and_an_unknown_key_is_named(frames_root):
+    dm = VideoDataModule.from_flat(root=frames_root, train_list="list.txt", num_classes=4, num_segments=5,
+                                   batch_size=3, num_workers=0, check_files="stat", eval_crop=16)
+    assert (dm.source.root, dm.sampling.num_segments, dm.loading.batch_size) == (frames_root, 5, 3)
+    assert (dm.checks.check_files, dm.transforms.eval_crop) == ("stat", 16)
+    with pytest.raises(TypeError, match=r"data\.num_segmnets"):
+        VideoDataModule.from_flat(root=frames_root, num_segmnets=8)
+
+
 # -- frame extraction and benchmark ---------------------------------------------------------------------------
 def test_extract_frames_tree_reads_back_and_resumes(tmp_path):
     from adafocus_pl.data.extract_frames import main
