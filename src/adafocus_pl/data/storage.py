@@ -11,7 +11,6 @@ generator) once the frame count is known, so the random draws happen in the same
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -28,8 +27,6 @@ try:  # libjpeg-turbo through torchvision: about 2x faster than PIL on 96x96 and
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 except ImportError:  # torchvision.io image decoding is deprecated since 0.29 (TorchCodec replaces it)
     decode_jpeg = None
-
-log = logging.getLogger(__name__)
 
 EXTRACT_HINT = "python -m adafocus_pl.data.extract_frames SRC_DIR OUT_DIR"
 # what reading one video can raise for a bad file (missing, corrupt, empty); anything else is a bug and propagates
