@@ -8,6 +8,7 @@ DataLoader worker that dies in native code is reported with the video it was rea
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -235,7 +236,7 @@ def test_the_good_data_passes_every_check_and_trains(good_data, tmp_path):
     assert "test/top1" in metrics
     video_cfg = compose("train", frame_overrides(good_data, tmp_path / "logs") + video_overrides(good_data)
                         + ["data.check_files=decode", "data.classes_file=null", "train=false"])
-    datamodule = VideoDataModule(**{k: v for k, v in video_cfg.data.items() if k != "_target_"})
+    datamodule = VideoDataModule.from_flat(**{k: v for k, v in video_cfg.data.items() if k != "_target_"})
     assert datamodule.validate() == []
 
 
@@ -260,9 +261,9 @@ def corrupt_frame(root: Path, video: str = "v1", frames: tuple[int, ...] = (3,))
 
 
 def datamodule(root: Path, **kwargs) -> VideoDataModule:
-    return VideoDataModule(kind="frames", root=root / "frames", train_list=str(root / "train.txt"),
-                           val_list=str(root / "val.txt"), num_classes=3, num_segments=8, batch_size=2,
-                           num_workers=0, eval_resize=FRAME, eval_crop=FRAME, train_size=FRAME, **kwargs)
+    return VideoDataModule.from_flat(kind="frames", root=root / "frames", train_list=str(root / "train.txt"),
+                                     val_list=str(root / "val.txt"), num_classes=3, num_segments=8, batch_size=2,
+                                     num_workers=0, eval_resize=FRAME, eval_crop=FRAME, train_size=FRAME, **kwargs)
 
 
 def test_on_bad_sample_error_names_the_file_even_from_a_worker(good_data, tmp_path):
@@ -275,7 +276,7 @@ def test_on_bad_sample_error_names_the_file_even_from_a_worker(good_data, tmp_pa
     with pytest.raises(RuntimeError, match=r"cannot decode frame \S*v1/image_00003.jpg.*re-extract") as failed:
         dm.datasets["train"][1]
     assert any("data.on_bad_sample=skip" in note for note in failed.value.__notes__)
-    dm.num_workers = 1
+    dm.loading = dataclasses.replace(dm.loading, num_workers=1)
     loader = dm._loader("train", shuffle=False)
     with pytest.raises(RuntimeError, match=r"(?s)DataLoader worker process 0.*cannot decode frame \S*v1/image_00003"):
         list(loader)
@@ -294,7 +295,7 @@ def test_on_bad_sample_skip_replaces_logs_once_and_counts(good_data, tmp_path, c
     warnings = [r.getMessage() for r in caplog.records if "skipping a video" in r.getMessage()]
     assert len(warnings) == 1 and "v1/image_00003.jpg" in warnings[0] and "1 skipped so far" in warnings[0]
     assert [r.path for r in dataset.bad_records()] == ["v1"] and list(dm.bad_records()) == ["train"]
-    dm.num_workers = 1  # a worker's skips are seen by the main process (shared memory)
+    dm.loading = dataclasses.replace(dm.loading, num_workers=1)  # a worker's skips are seen by the main process (shared memory)
     dm.datasets.clear()
     dm.setup("fit")
     batches = list(dm._loader("train", shuffle=False))

@@ -1,16 +1,26 @@
 """The decoded-video cache returns exactly what decoding returns, and is written once, atomically."""
 
+import pytest
 import torch
 
-from adafocus_pl.data.datasets import VideoFileDataset
+from adafocus_pl.data.datasets import ClipDataset
+from adafocus_pl.data.decode_cache import DecodeCache
+from adafocus_pl.data.listfile import VideoList
+from adafocus_pl.data.sampling import SegmentSampler
+from adafocus_pl.data.storage import VideoFileStorage
 from adafocus_pl.data.transforms import ClipEvalTransform
 
 
+def val_clips(root, list_file, cache_dir=None) -> ClipDataset:
+    """8 centre frames of each video of ``list_file``, at 96x96, decoded or (``cache_dir``) through the cache."""
+    storage = VideoFileStorage(VideoList.read(root, list_file, "video", num_classes=10),
+                               cache=None if cache_dir is None else DecodeCache(cache_dir))
+    return ClipDataset(storage, SegmentSampler(8, "val"), ClipEvalTransform(96, 96))
+
+
 def test_cached_clips_equal_decoded_clips(tiny_synthetic, tmp_path):
-    common = dict(root=tiny_synthetic, list_file="val.txt", num_segments=8, mode="val",
-                  transform=ClipEvalTransform(96, 96), num_classes=10)
-    decoded = VideoFileDataset(**common)
-    cached = VideoFileDataset(cache_dir=tmp_path / "cache", **common)
+    decoded = val_clips(tiny_synthetic, "val.txt")
+    cached = val_clips(tiny_synthetic, "val.txt", cache_dir=tmp_path / "cache")
     for i in range(len(decoded)):
         first, again = cached[i], cached[i]  # the first call writes the .npy, the second reads it
         assert torch.equal(first["frames"], decoded[i]["frames"])
@@ -25,10 +35,8 @@ def test_the_generator_writes_the_cache_the_dataset_reads(tmp_path):
 
     generate(tmp_path / "data", SyntheticSpec(num_train=4, num_val=2, num_test=2), workers=1, progress=False,
              decoded_dir=tmp_path / "data" / ".decoded")
-    common = dict(root=tmp_path / "data", list_file="train.txt", num_segments=8, mode="val",
-                  transform=ClipEvalTransform(96, 96), num_classes=10)
-    decoded = VideoFileDataset(**common)  # decodes the H.264 files
-    cached = VideoFileDataset(cache_dir=tmp_path / "data" / ".decoded", **common)
+    decoded = val_clips(tmp_path / "data", "train.txt")  # decodes the H.264 files
+    cached = val_clips(tmp_path / "data", "train.txt", cache_dir=tmp_path / "data" / ".decoded")
     assert len(list((tmp_path / "data" / ".decoded").rglob("*.npy"))) == 8  # every split, before any read
     for i in range(len(decoded)):
         assert torch.equal(cached[i]["frames"], decoded[i]["frames"])
@@ -48,7 +56,16 @@ def test_entries_of_the_first_cache_naming_are_renamed_not_decoded_again(tmp_pat
     generate(data, spec, workers=1, progress=False, decoded_dir=decoded)  # current: skipped, entries renamed
     names = sorted(p.name for p in decoded.rglob("*.npy"))
     assert len(names) == 5 and all(_ENTRY.match(n) for n in names)
-    cached = VideoFileDataset(cache_dir=decoded, root=data, list_file="train.txt", num_segments=8, mode="val",
-                              transform=ClipEvalTransform(96, 96), num_classes=10)
-    cached._read_clip_decoded = None  # any decoding would fail: every clip must come from the renamed entries
+    cached = val_clips(data, "train.txt", cache_dir=decoded)
+    cached.storage._read_clip_decoded = None  # any decoding would fail: every clip must come from the renamed entries
     assert all(cached[i]["frames"].shape == (8, 3, 96, 96) for i in range(3))
+
+
+def test_a_missing_video_has_no_cache_entry_and_fails_as_without_a_cache(tmp_path):
+    (tmp_path / "l.txt").write_text("missing.mp4 0\n")
+    cache = DecodeCache(tmp_path / "cache")
+    assert cache.lookup("missing.mp4", tmp_path / "missing.mp4") is None
+    ds = ClipDataset(VideoFileStorage(VideoList.read(tmp_path, "l.txt", "video", num_classes=1), cache=cache),
+                     SegmentSampler(4, "val"))
+    with pytest.raises(FileNotFoundError, match=r"video file \S*missing\.mp4 .* does not exist: check data\.root"):
+        ds[0]

@@ -14,13 +14,29 @@ import torch
 from helpers_video import level_to_index, write_frame_folder, write_video
 
 from adafocus_pl.data.datamodule import VideoDataModule
-from adafocus_pl.data.datasets import FrameFolderDataset, VideoFileDataset
+from adafocus_pl.data.datasets import Boxes, ClipDataset
+from adafocus_pl.data.listfile import VideoList
 from adafocus_pl.data.sampling import SegmentSampler
+from adafocus_pl.data.storage import FrameFolderStorage, VideoFileStorage
 from adafocus_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipEvalTransform, ClipTrainTransform
 
 
 def frame_indices(frames: torch.Tensor) -> list[int]:
     return [level_to_index(frame.float().mean()) for frame in frames]
+
+
+def frame_dataset(root, list_file, list_format, sampler, transform=None, num_classes=None, **storage) -> ClipDataset:
+    """Frame folders of ``list_file`` read through the dataset's pieces (list, storage, sampler, transform)."""
+    videos = VideoList.read(root, list_file, list_format, num_classes=num_classes)
+    return ClipDataset(FrameFolderStorage(videos, **storage), sampler, transform)
+
+
+def video_dataset(root, list_file, sampler, transform=None, num_classes=None, boxes_file=None,
+                  **storage) -> ClipDataset:
+    """Encoded videos of a ``video``-format ``list_file``, as :func:`frame_dataset`."""
+    videos = VideoList.read(root, list_file, "video", num_classes=num_classes)
+    boxes = Boxes(root / boxes_file, videos) if boxes_file else None
+    return ClipDataset(VideoFileStorage(videos, **storage), sampler, transform, boxes)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +69,7 @@ def videos_root(tmp_path_factory):
 # -- frame folders ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("list_name", "list_format"), [("list.txt", "comma"), ("list_space.txt", "space")])
 def test_frame_folder_val_returns_the_sampled_frames(frames_root, list_name, list_format):
-    ds = FrameFolderDataset(frames_root, list_name, list_format, num_segments=8, mode="val", num_classes=4)
+    ds = frame_dataset(frames_root, list_name, list_format, SegmentSampler(8, "val"), num_classes=4)
     assert len(ds) == 2 and ds.num_dropped == (1 if list_format == "comma" else 0)
     sample = ds[0]
     assert sample["frames"].dtype == torch.uint8 and sample["frames"].shape == (8, 3, 32, 48)
@@ -64,15 +80,15 @@ def test_frame_folder_val_returns_the_sampled_frames(frames_root, list_name, lis
 
 
 def test_frame_folder_multilabel_target(frames_root):
-    sample = FrameFolderDataset(frames_root, "list.txt", "comma", num_segments=4, mode="val", num_classes=5)[1]
+    sample = frame_dataset(frames_root, "list.txt", "comma", SegmentSampler(4, "val"), num_classes=5)[1]
     assert sample["target"].dtype == torch.float32
     assert sample["target"].tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
     assert int(sample["label"]) == 0  # the first label
 
 
 def test_frame_folder_train_is_seeded_and_transformed(frames_root):
-    ds = FrameFolderDataset(frames_root, "list.txt", "comma", num_segments=4, mode="train", num_classes=4,
-                            transform=ClipTrainTransform(size=24, scales=(1.0, 0.75)))
+    ds = frame_dataset(frames_root, "list.txt", "comma", SegmentSampler(4, "train"), num_classes=4,
+                       transform=ClipTrainTransform(size=24, scales=(1.0, 0.75)))
     a = ds.sample(0, torch.Generator().manual_seed(1))
     b = ds.sample(0, torch.Generator().manual_seed(1))
     assert torch.equal(a["frames"], b["frames"]) and a["frames"].shape == (4, 3, 24, 24)
@@ -83,41 +99,41 @@ def test_frame_folder_train_is_seeded_and_transformed(frames_root):
 def test_frame_folder_template_and_first_index(tmp_path):
     write_frame_folder(tmp_path / "v", 5, template="{:06d}.jpg", first_index=0)
     (tmp_path / "l.txt").write_text("v 5 0\n")
-    ds = FrameFolderDataset(tmp_path, "l.txt", "space", num_segments=5, mode="val", num_classes=1,
-                            frame_template="{:06d}.jpg", first_index=0)
+    ds = frame_dataset(tmp_path, "l.txt", "space", SegmentSampler(5, "val"), num_classes=1,
+                       frame_template="{:06d}.jpg", first_index=0)
     assert frame_indices(ds[0]["frames"]) == [0, 1, 2, 3, 4]
 
 
 def test_frame_folder_counts_frames_for_video_lists(frames_root):
-    ds = FrameFolderDataset(frames_root, frames_root / "video_list.txt", "video", num_segments=4, mode="val")
+    ds = frame_dataset(frames_root, frames_root / "video_list.txt", "video", SegmentSampler(4, "val"))
     assert ds.num_frames(ds.records[0]) == 20 and ds.num_classes == 3
 
 
 def test_missing_frame_names_the_file(tmp_path):
     write_frame_folder(tmp_path / "v", 4)
     (tmp_path / "l.txt").write_text("v,9,0\n")
-    ds = FrameFolderDataset(tmp_path, "l.txt", "comma", num_segments=9, mode="val", num_classes=1)
+    ds = frame_dataset(tmp_path, "l.txt", "comma", SegmentSampler(9, "val"), num_classes=1)
     with pytest.raises(FileNotFoundError, match=r"image_0000[5-9]\.jpg.*frame_template"):
         ds[0]
 
 
 def test_missing_root_and_list(tmp_path):
     with pytest.raises(FileNotFoundError, match="data root"):
-        FrameFolderDataset(tmp_path / "absent", "l.txt")
+        VideoList.read(tmp_path / "absent", "l.txt", "comma")
     with pytest.raises(FileNotFoundError, match="l.txt"):
-        FrameFolderDataset(tmp_path, "l.txt")
+        VideoList.read(tmp_path, "l.txt", "comma")
 
 
 # -- encoded videos -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["val", "train"])
 def test_video_dataset_returns_the_sampled_frames(videos_root, mode):
-    ds = VideoFileDataset(videos_root, "list.txt", num_segments=6, mode=mode, num_classes=4)
+    ds = video_dataset(videos_root, "list.txt", SegmentSampler(6, mode), num_classes=4)
     for index, num_frames in enumerate([20, 12, 600]):
         for seed in range(3 if mode == "train" else 1):
             sample = ds.sample(index, torch.Generator().manual_seed(seed))
             expected = SegmentSampler(6, mode)(num_frames, torch.Generator().manual_seed(seed))
             assert frame_indices(sample["frames"]) == [i % 28 for i in expected]
-    assert ds._counts.tolist() == [20, 12, 600]  # container counts cached (webm: counted packets)
+    assert ds.storage._counts.tolist() == [20, 12, 600]  # container counts cached (webm: counted packets)
     assert ds[1]["target"].tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
@@ -144,16 +160,15 @@ class CountingContainer:
 
 @pytest.mark.parametrize(("seek_min_gap", "max_decoded"), [(20, 4 * 12), (10_000, 600)])
 def test_video_dataset_seeks_in_long_videos(videos_root, monkeypatch, seek_min_gap, max_decoded):
-    ds = VideoFileDataset(videos_root, "list.txt", num_segments=4, mode="val", num_classes=4,
-                          seek_min_gap=seek_min_gap)
+    ds = video_dataset(videos_root, "list.txt", SegmentSampler(4, "val"), num_classes=4, seek_min_gap=seek_min_gap)
     decoded: list = []
-    open_video = ds._open
+    open_video = ds.storage._open
 
     def counting_open(record):
         container, stream = open_video(record)
         return CountingContainer(container, decoded), stream
 
-    monkeypatch.setattr(ds, "_open", counting_open)
+    monkeypatch.setattr(ds.storage, "_open", counting_open)
     expected = SegmentSampler(4, "val")(600)
     assert frame_indices(ds[2]["frames"]) == [i % 28 for i in expected]
     # seeking: at most one GOP (12 frames) per needed frame; sequential: stops after the last needed frame
@@ -165,8 +180,8 @@ def test_video_dataset_seeks_in_long_videos(videos_root, monkeypatch, seek_min_g
 
 
 def test_video_boxes_follow_the_sampled_frames(videos_root):
-    ds = VideoFileDataset(videos_root, "list.txt", num_segments=4, mode="val", num_classes=4,
-                          boxes_file="boxes.json", transform=ClipEvalTransform(resize=32, crop=32))
+    ds = video_dataset(videos_root, "list.txt", SegmentSampler(4, "val"), num_classes=4, boxes_file="boxes.json",
+                       transform=ClipEvalTransform(resize=32, crop=32))
     sample = ds[0]
     indices = SegmentSampler(4, "val")(20)
     assert sample["boxes"].dtype == torch.float32 and sample["boxes"].shape == (4, 4)
@@ -177,22 +192,22 @@ def test_video_boxes_follow_the_sampled_frames(videos_root):
 def test_missing_boxes_key_is_reported(videos_root, tmp_path):
     (tmp_path / "partial.json").write_text(json.dumps({"train/a clip": [[0, 0, 1, 1]] * 20}))
     with pytest.raises(KeyError, match="train/b"):
-        VideoFileDataset(videos_root, "list.txt", num_segments=4, mode="val", boxes_file=tmp_path / "partial.json")
+        video_dataset(videos_root, "list.txt", SegmentSampler(4, "val"), boxes_file=tmp_path / "partial.json")
 
 
 def test_frame_counts_found_by_a_worker_reach_the_main_process(videos_root):
-    ds = VideoFileDataset(videos_root, "list.txt", num_segments=4, mode="val", num_classes=4,
-                          transform=ClipEvalTransform(resize=16, crop=16))
+    ds = video_dataset(videos_root, "list.txt", SegmentSampler(4, "val"), num_classes=4,
+                       transform=ClipEvalTransform(resize=16, crop=16))
     loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1)  # a fork would copy a plain tensor
     batch = next(iter(loader))
     assert batch["frames"].shape == (3, 4, 3, 16, 16)
-    assert ds._counts.tolist() == [20, 12, 600]  # written by the worker into the shared cache
+    assert ds.storage._counts.tolist() == [20, 12, 600]  # written by the worker into the shared cache
 
 
 def test_unreadable_video_names_the_file(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(os.urandom(2000))
     (tmp_path / "l.txt").write_text("bad.mp4 0\nmissing.mp4 0\n")
-    ds = VideoFileDataset(tmp_path, "l.txt", num_segments=4, mode="val", num_classes=1)
+    ds = video_dataset(tmp_path, "l.txt", SegmentSampler(4, "val"), num_classes=1)
     with pytest.raises(Exception, match="bad.mp4"):
         ds[0]
     with pytest.raises(FileNotFoundError, match="missing.mp4"):
@@ -201,10 +216,10 @@ def test_unreadable_video_names_the_file(tmp_path):
 
 # -- datamodule -----------------------------------------------------------------------------------------------
 def test_datamodule_frames_batches_and_device_normalisation(frames_root):
-    dm = VideoDataModule(kind="frames", root=frames_root, train_list="list.txt", val_list="list.txt",
-                         test_list=str(frames_root / "list.txt"), list_format="comma", num_classes=4,
-                         num_segments=4, train_size=16, scales=(1.0, 0.875), eval_resize=20, eval_crop=16,
-                         batch_size=2, num_workers=0)
+    dm = VideoDataModule.from_flat(kind="frames", root=frames_root, train_list="list.txt", val_list="list.txt",
+                                   test_list=str(frames_root / "list.txt"), list_format="comma", num_classes=4,
+                                   num_segments=4, train_size=16, scales=(1.0, 0.875), eval_resize=20,
+                                   eval_crop=16, batch_size=2, num_workers=0)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["frames"].shape == (2, 4, 3, 16, 16) and batch["frames"].dtype == torch.uint8
@@ -222,12 +237,12 @@ def test_datamodule_frames_batches_and_device_normalisation(frames_root):
 def test_datamodule_video_kind_with_a_worker_and_lightning_hook(videos_root):
     import pytorch_lightning as pl
 
-    dm = VideoDataModule(kind="video", root=videos_root, train_list="list.txt",
-                         list_format="video", num_classes=4, num_segments=4, train_size=16, scales=(1.0,),
-                         flip=False, eval_resize=16, eval_crop=16, boxes={"train": "boxes.json"}, batch_size=3,
-                         num_workers=1)
+    dm = VideoDataModule.from_flat(kind="video", root=videos_root, train_list="list.txt",
+                                   list_format="video", num_classes=4, num_segments=4, train_size=16, scales=(1.0,),
+                                   flip=False, eval_resize=16, eval_crop=16, boxes={"train": "boxes.json"},
+                                   batch_size=3, num_workers=1)
     # capped when DataLoader workers decode (FFmpeg's thread per core in every worker would oversubscribe the CPU)
-    assert dm.decoder_threads == 1
+    assert dm.loading.decoder_threads == 1
     seen = {}
 
     class Probe(pl.LightningModule):
@@ -253,10 +268,19 @@ def test_datamodule_video_kind_with_a_worker_and_lightning_hook(videos_root):
 
 def test_datamodule_rejects_unknown_kind_and_skips_unconfigured_splits(frames_root):
     with pytest.raises(ValueError, match="kind"):
-        VideoDataModule(kind="audio")
-    dm = VideoDataModule(root=frames_root, train_list="list.txt", num_classes=4, num_workers=0)
+        VideoDataModule.from_flat(kind="audio")
+    dm = VideoDataModule.from_flat(root=frames_root, train_list="list.txt", num_classes=4, num_workers=0)
     assert dm.val_dataloader() == [] and dm.test_dataloader() == []
     assert len(dm.train_dataloader().dataset) == 2
+
+
+def test_the_flat_data_config_is_sorted_into_groups_and_an_unknown_key_is_named(frames_root):
+    dm = VideoDataModule.from_flat(root=frames_root, train_list="list.txt", num_classes=4, num_segments=5,
+                                   batch_size=3, num_workers=0, check_files="stat", eval_crop=16)
+    assert (dm.source.root, dm.sampling.num_segments, dm.loading.batch_size) == (frames_root, 5, 3)
+    assert (dm.checks.check_files, dm.transforms.eval_crop) == ("stat", 16)
+    with pytest.raises(TypeError, match=r"data\.num_segmnets"):
+        VideoDataModule.from_flat(root=frames_root, num_segmnets=8)
 
 
 # -- frame extraction and benchmark ---------------------------------------------------------------------------
@@ -269,7 +293,7 @@ def test_extract_frames_tree_reads_back_and_resumes(tmp_path):
     assert main([str(src), str(out), "--height", "16"]) == 0
     assert (out / "classes.txt").read_text().split() == ["jumping", "swimming"]
     assert sorted((out / "list.txt").read_text().splitlines()) == ["jumping/j 1,10,0", "swimming/s1,7,1"]
-    ds = FrameFolderDataset(out, "list.txt", "comma", num_segments=5, mode="val", num_classes=2)
+    ds = frame_dataset(out, "list.txt", "comma", SegmentSampler(5, "val"), num_classes=2)
     sample = ds[0]
     assert sample["frames"].shape == (5, 3, 16, 24)  # 32x48 resized to height 16, aspect kept
     assert frame_indices(sample["frames"]) == SegmentSampler(5, "val")(10)
@@ -288,8 +312,8 @@ def test_extract_frames_with_labels_fps_and_space_format(tmp_path):
     assert main([str(src), str(out), "--labels", str(tmp_path / "labels.txt"), "--format", "space",
                  "--fps", "10", "--template", "{:05d}.jpg"]) == 0
     assert (out / "list.txt").read_text() == "a 10 4\n"
-    ds = FrameFolderDataset(out, "list.txt", "space", num_segments=10, mode="val", num_classes=5,
-                            frame_template="{:05d}.jpg")
+    ds = frame_dataset(out, "list.txt", "space", SegmentSampler(10, "val"), num_classes=5,
+                       frame_template="{:05d}.jpg")
     assert frame_indices(ds[0]["frames"]) == list(range(0, 20, 2))  # every second source frame
 
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 from helpers_video import level_to_index, write_frame_folder
 
-from adafocus_pl.data.datasets import FrameFolderDataset
+from adafocus_pl.data.datasets import ClipDataset
+from adafocus_pl.data.listfile import VideoList
 from adafocus_pl.data.sampling import GlanceFocusSampler, SegmentSampler
+from adafocus_pl.data.storage import FrameFolderStorage
 from adafocus_pl.data.synthetic import MOTIONS, SyntheticSpec, class_names, generate, render_video
 from adafocus_pl.data.transforms import ClipTrainTransform
 from adafocus_pl.evaluation.flops import flops_network, gflops_per_video, model_component_gflops
@@ -156,9 +158,8 @@ def test_glance_and_focus_frames_are_sampled_separately_with_one_crop(tmp_path):
     assert sampler(24) == SegmentSampler(8, "val")(24) + SegmentSampler(12, "val")(24)
     write_frame_folder(tmp_path / "v", 24, height=40, width=48)
     (tmp_path / "list.txt").write_text("v 24 0\n")
-    data = FrameFolderDataset(tmp_path, "list.txt", list_format="space", num_segments=8, num_focus_segments=12,
-                              mode="train", transform=ClipTrainTransform(32, (1.0, 0.75), flip=False),
-                              num_classes=1)
+    data = ClipDataset(FrameFolderStorage(VideoList.read(tmp_path, "list.txt", "space", num_classes=1)),
+                       GlanceFocusSampler(8, 12, "train"), ClipTrainTransform(32, (1.0, 0.75), flip=False))
     sample = data.sample(0, torch.Generator().manual_seed(0))
     assert sample["frames"].shape == (8, 3, 32, 32) and sample["focus_frames"].shape == (12, 3, 32, 32)
     glance = [level_to_index(f.float().mean()) for f in sample["frames"]]

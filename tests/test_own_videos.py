@@ -18,8 +18,11 @@ import torch
 from helpers_video import frame_image, level_to_index, write_video
 
 from adafocus_pl.data.datamodule import VideoDataModule
-from adafocus_pl.data.datasets import VideoFileDataset
-from adafocus_pl.data.listfile import parse_list_file
+from adafocus_pl.data.datasets import ClipDataset
+from adafocus_pl.data.decode_cache import DecodeCache
+from adafocus_pl.data.listfile import VideoList, parse_list_file
+from adafocus_pl.data.sampling import SegmentSampler
+from adafocus_pl.data.storage import VideoFileStorage
 from adafocus_pl.data.synthetic import OWNER_MARKER, NotOwnedError, SyntheticSpec, generate
 from adafocus_pl.preflight import PreflightError
 from adafocus_pl.stages.runner import run_stage
@@ -42,9 +45,13 @@ def user_folder(root: Path) -> Path:
     return root
 
 
-def dataset(root: Path, list_file="list.txt", **kwargs) -> VideoFileDataset:
-    return VideoFileDataset(root, list_file, num_segments=kwargs.pop("num_segments", 4), mode="val",
-                            num_classes=2, **kwargs)
+def dataset(root: Path, list_file="list.txt", num_segments=4, min_frames=3, on_bad_sample="error", cache_dir=None,
+            cache_max_video_mb=128, cache_max_gb=20, **storage) -> ClipDataset:
+    """The centre frames of ``list_file``'s videos (``cache_dir``: through a decode cache with those bounds)."""
+    videos = VideoList.read(root, list_file, "video", min_frames, num_classes=2)
+    cache = None if cache_dir is None else DecodeCache(cache_dir, cache_max_video_mb, cache_max_gb)
+    return ClipDataset(VideoFileStorage(videos, cache=cache, **storage), SegmentSampler(num_segments, "val"),
+                       on_bad_sample=on_bad_sample)
 
 
 def write_frames(path: Path, codec: str, indices, **options) -> Path:
@@ -221,8 +228,8 @@ def test_a_video_shorter_than_min_frames_is_refused_everywhere(tmp_path):
         ds[1]
     skipping = dataset(tmp_path, on_bad_sample="skip")
     assert skipping[1]["index"].item() == 0  # skipped: the next loadable video stands in
-    module = VideoDataModule(kind="video", root=tmp_path, train_list="list.txt", list_format="video", num_classes=2,
-                             num_segments=4, num_workers=0)
+    module = VideoDataModule.from_flat(kind="video", root=tmp_path, train_list="list.txt", list_format="video",
+                                       num_classes=2, num_segments=4, num_workers=0)
     problems = module.validate(("train",))
     assert any("one.mp4" in p and "fewer than data.min_frames=3" in p for p in problems)
     assert indices_of(dataset(tmp_path, min_frames=1)[1]["frames"]) == [0, 0, 0, 0]  # allowed when asked for
@@ -236,9 +243,9 @@ def test_list_and_classes_files_with_a_byte_order_mark_parse(tmp_path):
     (tmp_path / "boxes.json").write_text("\ufeff" + json.dumps({"a": [[0, 0, 4, 4]] * 6}), encoding="utf-8")
     records, _ = parse_list_file(tmp_path / "list.txt", "video")
     assert records[0].path == "a.mp4" and records[0].labels == (1,)
-    module = VideoDataModule(kind="video", root=tmp_path, train_list="list.txt", list_format="video", num_classes=2,
-                             num_segments=4, num_workers=0, classes_file="classes.txt",
-                             boxes={"train": "boxes.json"})
+    module = VideoDataModule.from_flat(kind="video", root=tmp_path, train_list="list.txt", list_format="video",
+                                       num_classes=2, num_segments=4, num_workers=0, classes_file="classes.txt",
+                                       boxes={"train": "boxes.json"})
     assert module.validate(("train",)) == []
     assert module.class_names == ["jump", "run"]
 
@@ -262,15 +269,15 @@ def test_the_default_preflight_opens_every_video_and_lists_the_ones_that_are_not
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     (tmp_path / "list.txt").write_text("good.mp4 0\ntext.mp4 1\naudio.mp4 0\n")
-    module = VideoDataModule(kind="video", root=tmp_path, train_list="list.txt", list_format="video", num_classes=2,
-                             num_segments=4, num_workers=0)
-    assert module.check_files == "probe"  # the default
+    module = VideoDataModule.from_flat(kind="video", root=tmp_path, train_list="list.txt", list_format="video",
+                                       num_classes=2, num_segments=4, num_workers=0)
+    assert module.checks.check_files == "probe"  # the default
     problems = module.validate(("train",))
     assert any("text.mp4 (list line 2" in p and "cannot open video" in p for p in problems)
     assert any("audio.mp4 (list line 3" in p and "has no video stream (streams: audio)" in p for p in problems)
     assert not any("good.mp4" in p for p in problems)
-    stat_only = VideoDataModule(kind="video", root=tmp_path, train_list="list.txt", list_format="video",
-                                num_classes=2, num_segments=4, num_workers=0, check_files="stat")
+    stat_only = VideoDataModule.from_flat(kind="video", root=tmp_path, train_list="list.txt", list_format="video",
+                                          num_classes=2, num_segments=4, num_workers=0, check_files="stat")
     assert stat_only.validate(("train",)) == []  # what the probe adds
 
 
@@ -278,8 +285,8 @@ def test_messages_for_videos_given_directly_name_the_file_only(tmp_path):
     from adafocus_pl.data.listfile import VideoRecord
 
     (tmp_path / "x.mp4").write_text("junk")
-    ds = VideoFileDataset(tmp_path, [VideoRecord("x.mp4", None, (0,), 1)], num_segments=4, mode="val",
-                          num_classes=2)
+    ds = ClipDataset(VideoFileStorage(VideoList(tmp_path, [VideoRecord("x.mp4", None, (0,), 1)], num_classes=2)),
+                     SegmentSampler(4, "val"))
     with pytest.raises(RuntimeError) as err:
         ds[0]
     text = str(err.value) + "".join(getattr(err.value, "__notes__", []))

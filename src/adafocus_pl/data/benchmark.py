@@ -1,4 +1,5 @@
-"""Data-loading benchmark: clips/s of ``VideoFileDataset`` and ``FrameFolderDataset`` through a DataLoader.
+"""Data-loading benchmark: clips/s of the clip dataset on encoded videos (rows ``VideoFileDataset``) and on frame
+folders (rows ``FrameFolderDataset``) through a DataLoader.
 
     python -m adafocus_pl.data.benchmark --videos-root ROOT --video-list L --frames-root FROOT --frames-list FL
         [--num-segments 8] [--workers 0 1 2] [--limit N] [--json OUT.json]
@@ -23,7 +24,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from adafocus_pl.data.datasets import FrameFolderDataset, VideoFileDataset
+from adafocus_pl.data.datasets import ClipDataset
+from adafocus_pl.data.listfile import VideoList
+from adafocus_pl.data.sampling import SegmentSampler
+from adafocus_pl.data.storage import FrameFolderStorage, VideoFileStorage
 from adafocus_pl.data.transforms import ClipEvalTransform
 
 
@@ -105,18 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"give {', '.join(missing)} (or --synthetic DIR)")
     torch.set_num_threads(1)  # one core per loader process, as in a worker
     transform = ClipEvalTransform(args.size, args.size) if args.size else None
-    common = dict(num_segments=args.num_segments, mode=args.mode, transform=transform)
-    video_ds = VideoFileDataset(args.videos_root, args.video_list, list_format=args.video_list_format,
-                                decoder_threads=1, **common)
-    frames_ds = FrameFolderDataset(args.frames_root, args.frames_list, list_format=args.frames_list_format,
-                                   frame_template=args.frame_template, **common)
+    sampler = SegmentSampler(args.num_segments, args.mode)
+    videos = VideoFileStorage(VideoList.read(args.videos_root, args.video_list, args.video_list_format),
+                              decoder_threads=1)
+    frames = FrameFolderStorage(VideoList.read(args.frames_root, args.frames_list, args.frames_list_format),
+                                frame_template=args.frame_template)
+    video_ds, frames_ds = ClipDataset(videos, sampler, transform), ClipDataset(frames, sampler, transform)
     limit = args.limit or max(len(video_ds), len(frames_ds))
     datasets = {
         "VideoFileDataset": Subset(video_ds, range(min(limit, len(video_ds)))),
         "FrameFolderDataset": Subset(frames_ds, range(min(limit, len(frames_ds)))),
     }
     rows = []
-    paths = [video_ds.video_path(r) for r in video_ds.records[:limit]]
+    paths = [videos.video_path(r) for r in video_ds.records[:limit]]
     for rgb, name in ((False, "raw PyAV decode"), (True, "raw PyAV decode + to_ndarray")):
         seconds, num_frames = time_raw_pyav(paths, args.repeats, rgb)
         rows.append({"loader": name, "workers": 0, "clips": len(paths), "seconds": seconds,

@@ -1,4 +1,5 @@
-"""``VideoDataModule``: list-file datasets of frame folders or encoded videos, built from plain (Hydra) values.
+"""``VideoDataModule``: list-file datasets of frame folders or encoded videos, built from the data config's groups
+(:mod:`adafocus_pl.data.options`; conf/data/*.yaml builds it from the flat keys with ``VideoDataModule.from_flat``).
 
 No manual ``DistributedSampler``: Lightning adds one (and calls ``set_epoch``) under DDP. ``batch_size`` is per
 device. Workers ship uint8 frames; ``on_after_batch_transfer`` normalises them on the device (mmaction2-style).
@@ -7,42 +8,35 @@ device. Workers ship uint8 frames; ``on_after_batch_transfer`` normalises them o
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from adafocus_pl.data.datasets import (
-    ON_BAD_SAMPLE,
-    ClipDataset,
-    FrameFolderDataset,
-    VideoFileDataset,
-    resolve_under,
+from adafocus_pl.data.datasets import Boxes, ClipDataset, eval_dataset
+from adafocus_pl.data.decode_cache import DecodeCache
+from adafocus_pl.data.listfile import VideoList, load_class_names, resolve_under
+from adafocus_pl.data.options import (
+    CHECK_FILES,
+    KINDS,
+    Checks,
+    Loading,
+    Sampling,
+    Source,
+    Transforms,
+    split_flat,
 )
-from adafocus_pl.data.listfile import read_text_lines
-from adafocus_pl.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ClipEvalTransform,
-    ClipTrainTransform,
-    normalize_on_device,
-)
+from adafocus_pl.data.storage import FrameFolderStorage, Storage, VideoFileStorage
+from adafocus_pl.data.transforms import normalize_on_device
+
+__all__ = ["CHECK_FILES", "KINDS", "DataLoaderWorkerError", "VideoDataModule", "focus_inputs"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("frames", "video")
-# validate(): "stat" looks at every listed file (first/last frame, video size); "probe" also opens every video
-# file (a video stream, a decodable first frame in an orientation the reader applies, enough frames: one decoded
-# frame per video); "decode" also decodes each video's last frame and checks the stream's length (slow on large
-# video datasets); "off" checks only the list files. For frame folders "probe" and "decode" are "stat".
-CHECK_FILES = ("stat", "probe", "decode", "off")
 SHOWN = 10  # problems listed per split in validate()'s message
-SPLIT_MODES = {"train": "train", "val": "val", "test": "test"}
 
 
 class DataLoaderWorkerError(RuntimeError):
@@ -58,95 +52,38 @@ def focus_inputs(batch: Mapping) -> dict:
 
 
 class VideoDataModule(pl.LightningDataModule):
-    """Train/val/test loaders over the official list files (facts page, "Data").
+    """Train/val/test loaders over the official list files (facts page, "Data"), from the data config's groups
+    (:mod:`adafocus_pl.data.options`): ``source`` (what to read), ``sampling``, ``transforms``, ``loading`` and
+    ``checks``. The flat data config (conf/data/*.yaml) builds one with :meth:`from_flat`.
 
-    ``kind="frames"``: ``FrameFolderDataset`` (pre-extracted JPEGs, the release's default);
-    ``kind="video"``: ``VideoFileDataset`` (PyAV). Lists and boxes files are relative to ``root`` or absolute.
-    ``decoder_threads=None`` → 1 decoder thread per worker when ``num_workers > 0`` (FFmpeg's one thread per core
-    in every worker would oversubscribe the CPU), else up to 4. ``cache_dir``: the decode cache of video files
-    (:mod:`adafocus_pl.data.decode_cache`, bounded by ``cache_max_video_mb`` and ``cache_max_gb``).
-    ``synthetic`` (a dict of ``SyntheticSpec`` overrides, possibly empty): ``prepare_data`` calls
-    ``adafocus_pl.data.synthetic.generate(root, **synthetic)``, which renders the benchmark unless it is current.
+    ``source.kind="frames"``: folders of pre-extracted JPEGs (the release's default); ``"video"``: encoded files
+    read with PyAV. With ``source.synthetic`` (a dict of ``SyntheticSpec`` overrides, possibly empty),
+    ``prepare_data`` renders the benchmark into ``root`` unless it is current.
     """
 
-    def __init__(
-        self,
-        kind: str = "frames",
-        root: str | os.PathLike = "data",
-        train_list: str | None = None,
-        val_list: str | None = None,
-        test_list: str | None = None,
-        list_format: str = "comma",
-        frame_template: str = "image_{:05d}.jpg",
-        num_classes: int = 200,
-        num_segments: int = 16,
-        num_focus_segments: int | None = None,
-        train_size: int = 224,
-        scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
-        flip: bool = True,
-        eval_resize: int = 256,
-        eval_crop: int = 224,
-        resize_mode: str = "square",
-        boxes: Mapping[str, str | None] | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        persistent_workers: bool = False,
-        name: str | None = None,
-        classes_file: str | None = None,
-        synthetic: Mapping | None = None,
-        first_index: int = 1,
-        min_frames: int = 3,
-        decoder_threads: int | None = None,
-        multiprocessing_context: str | None = None,
-        cache_dir: str | None = None,
-        on_bad_sample: str = "error",
-        check_files: str = "probe",
-        cache_max_video_mb: float = 128,
-        cache_max_gb: float = 20,
-    ):
+    def __init__(self, source: Source | None = None, sampling: Sampling | None = None,
+                 transforms: Transforms | None = None, loading: Loading | None = None, checks: Checks | None = None):
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"data.kind={kind!r}: use one of {', '.join(KINDS)}")
-        if on_bad_sample not in ON_BAD_SAMPLE:
-            raise ValueError(f"data.on_bad_sample={on_bad_sample!r}: use one of {', '.join(ON_BAD_SAMPLE)}")
-        if check_files not in CHECK_FILES:
-            raise ValueError(f"data.check_files={check_files!r}: use one of {', '.join(CHECK_FILES)}")
-        self.on_bad_sample = on_bad_sample
-        self.check_files = check_files
-        self.kind = kind
-        self.root = Path(root)
-        self.lists = {"train": train_list, "val": val_list, "test": test_list}
-        self.list_format = list_format
-        self.frame_template = frame_template
-        self.num_classes = int(num_classes)
-        self.num_segments = int(num_segments)  # frames per clip (f_G's, and f_L's unless num_focus_segments)
-        self.num_focus_segments = None if num_focus_segments is None else int(num_focus_segments)  # AdaFocus-TSM's f_L
-        self.train_transform = ClipTrainTransform(train_size, tuple(scales), flip)
-        self.eval_transform = ClipEvalTransform(eval_resize, eval_crop, resize_mode)
-        self.boxes = dict(boxes or {})
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self.name = name
-        self.classes_file = classes_file
-        self.synthetic = dict(synthetic) if synthetic is not None else None
-        self.first_index = int(first_index)
-        self.min_frames = int(min_frames)
-        if decoder_threads is None:
-            decoder_threads = 1 if self.num_workers > 0 else min(4, os.cpu_count() or 1)
-        self.decoder_threads = int(decoder_threads)
-        self.multiprocessing_context = multiprocessing_context if self.num_workers > 0 else None
+        # a group not given: its defaults
+        self.source, self.sampling, self.transforms = source or Source(), sampling or Sampling(), transforms or Transforms()
+        self.loading, self.checks = loading or Loading(), checks or Checks()
         # video kind only: decoded videos cached as .npy files (relative to root or absolute; None = off)
-        self.cache_dir = None if cache_dir is None else resolve_under(self.root, cache_dir)
-        self.cache_bounds = {"cache_max_video_mb": float(cache_max_video_mb), "cache_max_gb": float(cache_max_gb)}
+        self.cache_dir = None if self.loading.cache_dir is None else resolve_under(self.root, self.loading.cache_dir)
         self.datasets: dict[str, ClipDataset] = {}
         self.class_names: list[str] | None = None
+
+    @classmethod
+    def from_flat(cls, **flat) -> VideoDataModule:
+        """A data module from the flat data config (``root=..., batch_size=..., num_segments=...``, the keys of
+        conf/data/*.yaml); a key no group has is a ``TypeError`` naming it."""
+        return cls(**split_flat(flat))
+
+    # the values other modules read, by their flat names
+    root = property(lambda self: self.source.root)
+    name = property(lambda self: self.source.name)
+    synthetic = property(lambda self: self.source.synthetic)
+    num_classes = property(lambda self: self.source.num_classes)
+    num_segments = property(lambda self: self.sampling.num_segments)
 
     # -- data preparation ------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -155,22 +92,12 @@ class VideoDataModule(pl.LightningDataModule):
             return
         from adafocus_pl.data import synthetic  # lazy: only the synthetic config needs it
 
-        synthetic.prepare({"root": self.root, "synthetic": self.synthetic, "kind": self.kind,
+        synthetic.prepare({"root": self.root, "synthetic": self.synthetic, "kind": self.source.kind,
                            "cache_dir": None if self.cache_dir is None else self.cache_dir.absolute()})
 
     def _load_class_names(self) -> None:
-        if not self.classes_file:
-            return
-        path = resolve_under(self.root, self.classes_file)
-        if not path.is_file():
-            log.warning("classes file %s not found: class names unavailable", path)
-            return
-        names = [line.strip() for line in read_text_lines(path) if line.strip()]
-        if len(names) != self.num_classes:
-            raise ValueError(
-                f"classes file {path} (data.classes_file) lists {len(names)} classes but data.num_classes="
-                f"{self.num_classes}: set data.num_classes={len(names)} or fix the file (one class name per line)")
-        self.class_names = names
+        # a classes file that disagrees with num_classes is an error here: training would mislabel the classes
+        self.class_names = load_class_names(self.root, self.source.classes_file, self.num_classes, strict=True)
 
     def validate(self, splits: Sequence[str] = ("train", "val", "test")) -> list[str]:
         """Every problem found in the data of ``splits`` before training, one message each (empty: all good).
@@ -185,7 +112,7 @@ class VideoDataModule(pl.LightningDataModule):
         except ValueError as err:
             problems.append(str(err))
         for split in splits:
-            if not self.lists.get(split):
+            if not self.source.list_of(split):
                 continue
             try:
                 dataset = self.datasets.get(split) or self.build_dataset(split)
@@ -193,20 +120,20 @@ class VideoDataModule(pl.LightningDataModule):
                 problems.append(f"data.{split}_list: {err.args[0] if isinstance(err, KeyError) else err}")
                 continue
             self.datasets[split] = dataset
-            if self.check_files == "off":
+            check = self.checks.check_files
+            if check == "off":
                 continue
-            check = {"check": self.check_files} if self.kind == "video" else {}
             records = dataset.records
-            if check and self.check_files != "stat" and len(records) > 200:
+            if self.source.kind == "video" and check != "stat" and len(records) > 200:
                 from tqdm.auto import tqdm
 
-                what = "opening" if self.check_files == "probe" else "decoding the first and last frame of"
+                what = "opening" if check == "probe" else "decoding the first and last frame of"
                 records = tqdm(records, desc=f"{what} every {split} video", leave=False)
-            bad = [msg for msg in (dataset.file_problems(r, **check) for r in records) if msg]
+            bad = [msg for msg in (dataset.file_problems(r, check) for r in records) if msg]
             if not bad:
                 continue
             more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
-            if self.on_bad_sample == "skip":
+            if self.checks.on_bad_sample == "skip":
                 log.warning("%s: %d of %d videos have missing or broken files and will be skipped when loaded "
                             "(data.on_bad_sample=skip)%s: %s", split, len(bad), len(dataset), more, "; ".join(bad[:SHOWN]))
                 continue
@@ -237,33 +164,28 @@ class VideoDataModule(pl.LightningDataModule):
         """``{split: [VideoRecord, ...]}`` of the videos skipped so far because they failed to load."""
         return {split: bad for split, ds in self.datasets.items() if (bad := ds.bad_records())}
 
+    def storage(self, videos: VideoList) -> Storage:
+        """How ``videos`` are read: frame folders, or video files (with the decode cache when configured)."""
+        if self.source.kind == "frames":
+            return FrameFolderStorage(videos, self.source.frame_template, self.source.first_index)
+        cache = None if self.cache_dir is None else DecodeCache(self.cache_dir, self.loading.cache_max_video_mb,
+                                                               self.loading.cache_max_gb)
+        return VideoFileStorage(videos, self.loading.decoder_threads, cache=cache)
+
     def build_dataset(self, split: str, mode: str | None = None) -> ClipDataset:
-        """The dataset of ``split`` (train → random sampling + train transform; val/test → centre + eval).
+        """The dataset of ``split`` (train → random sampling + train transform; val/test → the evaluation path,
+        :func:`~adafocus_pl.data.datasets.eval_dataset`).
 
         ``mode="val"`` gives any split the evaluation sampling and transform (e.g. the training split for
         AdaFocus+'s threshold, paper Sec. 3.3)."""
-        list_file = self.lists.get(split)
-        if not list_file:
-            raise ValueError(f"no {split}_list configured for data {self.name or self.root}")
-        mode = mode or SPLIT_MODES[split]
-        transform = self.train_transform if mode == "train" else self.eval_transform
-        common = dict(
-            root=self.root,
-            list_file=list_file,
-            num_segments=self.num_segments,
-            mode=mode,
-            transform=transform,
-            num_classes=self.num_classes,
-            boxes_file=self.boxes.get(split),
-            list_format=self.list_format,
-            min_frames=self.min_frames,
-            num_focus_segments=self.num_focus_segments,
-            on_bad_sample=self.on_bad_sample,
-        )
-        if self.kind == "frames":
-            return FrameFolderDataset(frame_template=self.frame_template, first_index=self.first_index, **common)
-        return VideoFileDataset(decoder_threads=self.decoder_threads, cache_dir=self.cache_dir, **self.cache_bounds,
-                                **common)
+        videos = self.source.videos(split)
+        storage = self.storage(videos)
+        boxes_file = self.source.boxes.get(split)
+        boxes = Boxes(resolve_under(self.root, boxes_file), videos) if boxes_file else None
+        if (mode or split) == "train":
+            return ClipDataset(storage, self.sampling.sampler("train"), self.transforms.train(), boxes,
+                               self.checks.on_bad_sample)
+        return eval_dataset(storage, self.sampling, self.transforms, boxes, self.checks.on_bad_sample)
 
     def setup(self, stage: str | None = None) -> None:
         splits = {
@@ -276,26 +198,27 @@ class VideoDataModule(pl.LightningDataModule):
         if self.class_names is None:
             self._load_class_names()
         for split in splits:
-            if split not in self.datasets and self.lists.get(split):
+            if split not in self.datasets and self.source.list_of(split):
                 self.datasets[split] = self.build_dataset(split)
                 log.info("%s: %s", split, self.datasets[split])
 
     # -- loaders ---------------------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader | list:
-        if split != "train" and not self.lists.get(split):
+        if split != "train" and not self.source.list_of(split):
             return []  # no list configured: Lightning skips this loop
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         # train: a loader whose position Lightning saves in every checkpoint, so a run resumed from a mid-epoch
         # checkpoint gets the rest of that epoch's videos, in the same order (a DataLoader would restart the epoch)
+        loading = self.loading
         return (StatefulDataLoader if split == "train" else DataLoader)(
             self.datasets[split],
-            batch_size=self.batch_size,
+            batch_size=loading.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers,
-            multiprocessing_context=self.multiprocessing_context,
+            num_workers=loading.num_workers,
+            pin_memory=loading.pin_memory and torch.cuda.is_available(),
+            persistent_workers=loading.persistent_workers,
+            multiprocessing_context=loading.multiprocessing_context,
             drop_last=False,
         )
 
@@ -315,13 +238,14 @@ class VideoDataModule(pl.LightningDataModule):
         key = f"{split}@eval"
         if key not in self.datasets:
             self.datasets[key] = self.build_dataset(split, mode="val")
+        loading = self.loading
         return DataLoader(
             self.datasets[key],
-            batch_size=batch_size or self.batch_size,
+            batch_size=batch_size or loading.batch_size,
             shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            multiprocessing_context=self.multiprocessing_context,
+            num_workers=loading.num_workers,
+            pin_memory=loading.pin_memory and torch.cuda.is_available(),
+            multiprocessing_context=loading.multiprocessing_context,
         )
 
     def predict_dataloader(self) -> DataLoader:
@@ -334,5 +258,5 @@ class VideoDataModule(pl.LightningDataModule):
         if isinstance(batch, dict):
             for key in ("frames", "focus_frames"):
                 if key in batch and batch[key].dtype == torch.uint8:
-                    batch[key] = normalize_on_device(batch[key], self.mean, self.std)
+                    batch[key] = normalize_on_device(batch[key], self.transforms.mean, self.transforms.std)
         return batch

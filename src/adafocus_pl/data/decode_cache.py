@@ -1,4 +1,4 @@
-"""The decode cache of ``VideoFileDataset``: every frame of a video decoded once into one ``.npy`` file.
+"""The decode cache of ``VideoFileStorage``: every frame of a video decoded once into one ``.npy`` file.
 
 Worth it for small videos read many times (the synthetic benchmark: ~0.2 ms to load a clip from the cache against
 ~13 ms to decode it); off by default for a user's own videos, where full-resolution frames are large.
@@ -111,8 +111,12 @@ class DecodeCache:
                 f"{self.max_total_bytes / 2**30:g} GiB in all)")
 
     def lookup(self, name: str, video_file: Path) -> np.ndarray | None:
-        """The cached frames ``[F, H, W, 3]`` of ``video_file`` as it is now, or None."""
-        path = entry_path(self.directory, name, video_file)
+        """The cached frames ``[F, H, W, 3]`` of ``video_file`` as it is now, or None (also for a missing
+        ``video_file``: reading it then fails with the reader's own message)."""
+        try:
+            path = entry_path(self.directory, name, video_file)  # stats the video file (its key)
+        except FileNotFoundError:
+            return None
         video = self._mapped.get(path)
         if video is None and path.is_file():
             # mapped once per process and kept: later epochs index it directly and read only the sampled frames

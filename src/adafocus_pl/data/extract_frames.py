@@ -70,7 +70,7 @@ def extract_video(
     from av.video.reformatter import VideoReformatter
     from PIL import Image
 
-    from adafocus_pl.data.datasets import quarter_turns
+    from adafocus_pl.data.storage import quarter_turns
 
     # counter-clockwise quarter turns -> PIL's transpose
     transposes = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}

@@ -11,11 +11,15 @@ Formats (blank lines and ``#`` comments are skipped):
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from adafocus_pl.data import VIDEO_EXTENSIONS
+
+log = logging.getLogger(__name__)
 
 
 def resolve_under(root: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -140,3 +144,94 @@ def parse_list_file(
             continue
         records.append(VideoRecord(video_path, num_frames, labels, lineno))
     return records, dropped
+
+
+class VideoList:
+    """The videos a dataset reads: ``root``, the records of a list file (or records given directly, e.g. the
+    videos to predict on), their class count and the ``min_frames`` rule; names a video in every message.
+
+    ``VideoList.read(root, list_file, ...)`` parses a list file (relative to ``root`` or absolute);
+    ``VideoList(root, records)`` takes records as they are (messages then name the file only, without list
+    lines or the training run's data.on_bad_sample hint).
+    """
+
+    def __init__(self, root: str | os.PathLike, records: Sequence[VideoRecord], list_file: Path | None = None,
+                 num_dropped: int = 0, min_frames: int = 3, num_classes: int | None = None):
+        self.root = _existing_root(root)
+        self.from_list = list_file is not None
+        self.list_file = list_file if list_file is not None else Path("<records>")
+        self.records, self.num_dropped, self.min_frames = list(records), int(num_dropped), int(min_frames)
+        if not self.records:
+            raise ValueError(
+                f"list file {self.list_file} has no usable videos ({self.num_dropped} dropped for having fewer than "
+                f"{min_frames} frames): add videos to it, or lower data.min_frames")
+        if self.num_dropped:
+            log.info("%s: dropped %d videos with < %d frames", self.list_file, self.num_dropped, min_frames)
+        if num_classes is None:
+            num_classes = 1 + max(label for record in self.records for label in record.labels)
+            log.info("%s: num_classes not given, using %d (largest label + 1)", self.list_file, num_classes)
+        self.num_classes = int(num_classes)
+
+    @classmethod
+    def read(cls, root: str | os.PathLike, list_file: str | os.PathLike, list_format: str, min_frames: int = 3,
+             num_classes: int | None = None) -> VideoList:
+        """The records of ``list_file`` (see :func:`parse_list_file`), under ``root``."""
+        path = resolve_under(_existing_root(root), list_file)  # a missing root: its message, not the list's
+        records, dropped = parse_list_file(path, list_format, min_frames, num_classes)
+        return cls(root, records, path, dropped, min_frames, num_classes)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def describe(self, record: VideoRecord) -> str:
+        """``<root>/<path> (list line N of <list file>)``: how messages name a video (the path alone for records
+        given directly)."""
+        if not self.from_list:
+            return str(self.root / record.path)
+        return f"{self.root / record.path} (list line {record.line} of {self.list_file})"
+
+    def too_short(self, record: VideoRecord, num_frames: int) -> str | None:
+        """The message for a video with fewer than ``min_frames`` frames, or None. The same rule as the list
+        files' frame counts (the release drops videos under 3 frames), applied where the count is only known
+        from the video itself."""
+        if num_frames >= self.min_frames:
+            return None
+        fix = "remove its line, set data.on_bad_sample=skip, or lower data.min_frames" if self.from_list else \
+            "videos this short are not used for training or evaluation either (data.min_frames)"
+        return (f"{self.describe(record)} has {num_frames} frame(s), fewer than data.min_frames={self.min_frames}: "
+                f"{fix}")
+
+
+def _existing_root(root: str | os.PathLike) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data root {root} does not exist: set data.root (or paths.data_dir) to the folder that holds "
+            f"the videos/frame folders named in the list file"
+        )
+    return root
+
+
+def load_class_names(root: str | os.PathLike, classes_file: str | os.PathLike | None, num_classes: int,
+                     strict: bool = True) -> list[str] | None:
+    """Class ``k``'s name on line ``k + 1`` of ``classes_file`` (relative to ``root`` or absolute), or None when
+    no file is configured or it does not exist (logged).
+
+    A file whose count disagrees with ``num_classes``: a ``ValueError`` when ``strict`` (training and evaluation
+    must not mislabel classes), else a warning and None (prediction then shows class indices).
+    """
+    if not classes_file:
+        return None
+    path = resolve_under(root, classes_file)
+    if not path.is_file():
+        log.warning("classes file %s not found: class names unavailable", path)
+        return None
+    names = [line.strip() for line in read_text_lines(path) if line.strip()]
+    if len(names) == num_classes:
+        return names
+    if strict:
+        raise ValueError(
+            f"classes file {path} (data.classes_file) lists {len(names)} classes but data.num_classes="
+            f"{num_classes}: set data.num_classes={len(names)} or fix the file (one class name per line)")
+    log.warning("%s lists %d classes, the checkpoint has %d: showing class indices", path, len(names), num_classes)
+    return None

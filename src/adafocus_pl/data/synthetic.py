@@ -502,8 +502,8 @@ def generate(
     ``overrides`` replace fields of ``spec`` (default `SyntheticSpec()`), e.g. ``generate(root, num_train=24)``.
     Writes only into a directory it owns (:func:`ownership_problem`, else :class:`NotOwnedError`); there only our
     own files are written (and our own stale videos removed), anything else in ``out_dir`` is kept.
-    ``decoded_dir``: also store every video's frames where ``VideoFileDataset(cache_dir=decoded_dir)`` reads
-    them, so training never decodes them (the data config's ``cache_dir``).
+    ``decoded_dir``: also store every video's frames where a ``VideoFileStorage`` with ``DecodeCache(decoded_dir)``
+    reads them, so training never decodes them (the data config's ``cache_dir``).
     """
     spec = dataclasses.replace(spec or SyntheticSpec(), **overrides)
     out_dir = Path(out_dir)

@@ -26,9 +26,11 @@ import yaml
 from omegaconf import DictConfig
 
 from adafocus_pl.checkpoint import LoadedCheckpoint
-from adafocus_pl.data.datasets import VideoFileDataset, resolve_under
-from adafocus_pl.data.listfile import VideoRecord, read_text_lines
-from adafocus_pl.data.transforms import ClipEvalTransform, normalize_on_device
+from adafocus_pl.data.datasets import eval_dataset
+from adafocus_pl.data.listfile import VideoList, VideoRecord, load_class_names
+from adafocus_pl.data.options import Sampling, Source, Transforms
+from adafocus_pl.data.storage import VideoFileStorage
+from adafocus_pl.data.transforms import normalize_on_device
 from adafocus_pl.evaluation.plots import plot_patches
 from adafocus_pl.inference.fast import FastAdaFocus, supports_fast_path
 from adafocus_pl.models.patch_policies import get_patch_policy
@@ -53,25 +55,17 @@ def saved_overrides(ckpt_path: Path) -> list[str]:
 
 
 def class_names(data_cfg: DictConfig, num_classes: int) -> list[str]:
-    """Names from the data config's classes file when it exists, else ``class <k>``."""
-    classes_file = data_cfg.get("classes_file")
-    if classes_file:
-        path = resolve_under(data_cfg.root, classes_file)
-        if path.is_file():
-            names = [line.strip() for line in read_text_lines(path) if line.strip()]
-            if len(names) == num_classes:
-                return names
-            log.warning("%s lists %d classes, the checkpoint has %d: showing class indices", path, len(names),
-                        num_classes)
-    return [f"class {k}" for k in range(num_classes)]
-
-
-MIN_FRAMES = 3  # the data module's default data.min_frames (for a data config that does not name the key)
+    """Names from the data config's classes file when it exists and lists ``num_classes`` names (else a
+    warning), otherwise ``class <k>``."""
+    names = None
+    if data_cfg.get("classes_file"):
+        names = load_class_names(data_cfg.root, data_cfg.classes_file, num_classes, strict=False)
+    return names or [f"class {k}" for k in range(num_classes)]
 
 
 def read_video(path: str | os.PathLike, data_cfg: DictConfig, num_classes: int) -> dict[str, torch.Tensor]:
     """The evaluation sample of one video file: uint8 ``frames [T, 3, crop, crop]`` (and ``focus_frames`` for
-    AdaFocus-TSM), sampled and transformed as the data config's test split is.
+    AdaFocus-TSM), sampled and transformed as the data config's test split is (the same evaluation path).
 
     Raises ``FileNotFoundError`` for a missing file, and what the dataset raises for one that does not decode
     (``RuntimeError``) or, like training, for one with fewer than ``data.min_frames`` frames (``ValueError``)."""
@@ -79,13 +73,11 @@ def read_video(path: str | os.PathLike, data_cfg: DictConfig, num_classes: int) 
     if not path.is_file():
         what = "is a directory, not a video file" if path.is_dir() else "does not exist"
         raise FileNotFoundError(f"video file {path} {what}")
-    min_frames = int(data_cfg.get("min_frames", MIN_FRAMES))
-    transform = ClipEvalTransform(data_cfg.eval_resize, data_cfg.eval_crop, data_cfg.get("resize_mode", "square"))
-    dataset = VideoFileDataset(path.resolve().parent, [VideoRecord(path.name, None, (0,), 1)],
-                               num_segments=int(data_cfg.num_segments), mode="val", transform=transform,
-                               num_classes=num_classes, num_focus_segments=data_cfg.get("num_focus_segments"),
-                               decoder_threads=min(4, os.cpu_count() or 1), min_frames=min_frames)
-    return dataset.sample(0)
+    min_frames = data_cfg.get("min_frames", Source.min_frames)  # a data config without the key: the default
+    videos = VideoList(path.resolve().parent, [VideoRecord(path.name, None, (0,), 1)], min_frames=min_frames,
+                       num_classes=num_classes)
+    storage = VideoFileStorage(videos, decoder_threads=min(4, os.cpu_count() or 1))
+    return eval_dataset(storage, Sampling.pick(data_cfg), Transforms.pick(data_cfg)).sample(0)
 
 
 @dataclass
