@@ -22,9 +22,9 @@ from adafocus_pl.checkpoint import (
     CheckpointError,
     MissingCheckpointError,
     UnsafeCheckpointError,
+    load_checkpoint,
     read_checkpoint,
 )
-from adafocus_pl.checkpoint import load_checkpoint
 from adafocus_pl.models.build import build_network
 
 ROOT = Path(__file__).resolve().parents[1]

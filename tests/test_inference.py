@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from adafocus_pl.data.transforms import normalize_on_device
 from adafocus_pl.checkpoint import load_checkpoint
+from adafocus_pl.data.transforms import normalize_on_device
 from adafocus_pl.inference.fast import BACKENDS, FastAdaFocus, FastFullFrame, GRUScan, prepare_backbone
 from adafocus_pl.inference.fusion import ConvActivation, onednn_conv_available
 from adafocus_pl.inference.linear import ONEDNN_MAX_ROWS, FastLinear, onednn_linear_available

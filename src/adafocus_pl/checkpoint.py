@@ -27,8 +27,8 @@ import pickletools
 import re
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch

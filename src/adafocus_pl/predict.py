@@ -143,9 +143,8 @@ def _setup(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from adafocus_pl.checkpoint import load_checkpoint
+    from adafocus_pl.checkpoint import CheckpointError, load_checkpoint
     from adafocus_pl.inference.predict import Predictor, run_dir_of, saved_overrides
-    from adafocus_pl.checkpoint import CheckpointError
     from adafocus_pl.utils.device import resolve_device
 
     ckpt_arg = next((o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")), None)

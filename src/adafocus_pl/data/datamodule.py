@@ -52,7 +52,7 @@ def focus_inputs(batch: Mapping) -> dict:
 
 
 class VideoDataModule(pl.LightningDataModule):
-    """Train/val/test loaders over the official list files (facts page, "Data"), from the data config's groups
+    """Train/val/test loaders over the official list files of the authors' release, from the data config's groups
     (:mod:`adafocus_pl.data.options`): ``source`` (what to read), ``sampling``, ``transforms``, ``loading`` and
     ``checks``. The flat data config (conf/data/*.yaml) builds one with :meth:`from_flat`.
 

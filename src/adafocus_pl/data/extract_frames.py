@@ -1,4 +1,4 @@
-"""Extract JPEG frames from a tree of videos and write an official list file (facts page, "Data").
+"""Extract JPEG frames from a tree of videos and write an official list file (the authors' release reads pre-extracted JPEG frames).
 
     python -m adafocus_pl.data.extract_frames SRC_DIR OUT_DIR [--height 360] [--fps F] [--labels LIST]
         [--format comma|space] [--list list.txt] [--template image_{:05d}.jpg] [--quality 95] [--workers N]

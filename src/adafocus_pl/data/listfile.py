@@ -1,4 +1,4 @@
-"""Parse the official list files of the AdaFocus release (facts page, "Data").
+"""Parse the official list files of the AdaFocus release (the authors' public release and TSN).
 
 Formats (blank lines and ``#`` comments are skipped):
 

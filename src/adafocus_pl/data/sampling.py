@@ -1,4 +1,4 @@
-"""TSN segment sampling (facts page, "Data"): T equal segments, one frame from each.
+"""TSN segment sampling (as the authors' release samples clips): T equal segments, one frame from each.
 
 - ``train``: one uniformly random frame in each segment;
 - ``val`` / ``test``: the centre frame of each segment (for an even length, the one just after the centre,

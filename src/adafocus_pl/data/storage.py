@@ -78,7 +78,8 @@ class Storage:
 
 
 class FrameFolderStorage(Storage):
-    """Pre-extracted frames ``<root>/<path>/<frame_template.format(first_index + i)>`` (facts page, "Data").
+    """Pre-extracted frames ``<root>/<path>/<frame_template.format(first_index + i)>`` (the release's
+layout).
 
     JPEGs are decoded with ``torchvision.io.decode_jpeg`` (about 2x faster than PIL here); other extensions with
     ``decode_image``. A ``video``-format list (no frame counts) counts the frame files once per folder.

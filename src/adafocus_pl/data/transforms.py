@@ -1,7 +1,8 @@
-"""Clip transforms on uint8 ``[T, C, H, W]`` frames with torchvision.transforms.v2 (no pytorchvideo, pitfall #12).
+"""Clip transforms on uint8 ``[T, C, H, W]`` frames with torchvision.transforms.v2 (they handle a clip
+and its boxes together, so no video-transform library is needed).
 
-One set of parameters is drawn per clip and applied to every frame (facts page, "Data": the same crop and flip for
-every frame of a clip), so the focus patch chosen on one frame lines up with the others. Optional ``[T, 4]`` xyxy
+One set of parameters is drawn per clip and applied to every frame (as in the authors' release: the same crop and
+flip for every frame of a clip), so the focus patch chosen on one frame lines up with the others. Optional ``[T, 4]`` xyxy
 boxes (x1/y1 exclusive) follow the crop, resize and flip through ``tv_tensors.BoundingBoxes`` and are clamped to
 the output frame. Normalisation is not done here: ``normalize_on_device`` runs after the batch reaches the device.
 """

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Categorical, Distribution
 
 from adafocus_pl.models.classifier import build_classifier

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-
 # rho before one is solved: Stage II's validation (rho is solved after Stage III+, on the training split) and
 # Stage III+'s validation before its first training epoch has solved one
 DEFAULT_RHO = 0.5

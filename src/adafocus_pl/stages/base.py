@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from adafocus_pl.checkpoint import load_init_weights
 from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.evaluation.metrics import mean_average_precision, patch_box_overlap, top1_accuracy
-from adafocus_pl.checkpoint import load_init_weights
 from adafocus_pl.models.build import build_network
 from adafocus_pl.models.contract import PARTS, NetOutput
 from adafocus_pl.models.patch_policies import get_patch_policy
+
 # val/test metrics come from records gathered over all ranks (the same on every rank): no sync_dist needed
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/")
 # ... and every video is evaluated once (the DistributedSampler's repeats are dropped): no need for devices=1

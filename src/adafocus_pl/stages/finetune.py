@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.checkpoint import RHO_KEY, saved_rho
+from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.models.patch_policies import get_patch_policy, trainable_policy_names
 from adafocus_pl.models.skipping import DEFAULT_RHO, check_eta, solve_rho
 from adafocus_pl.stages.base import StageModule, reachable_parts, sequence_cross_entropy
