@@ -330,6 +330,33 @@ def test_a_crashed_worker_surfaces_the_video_it_was_reading(good_data, tmp_path,
     assert "Fatal Python error: Segmentation fault" in capfd.readouterr().err  # the worker's stack (faulthandler)
 
 
+def _raised_in(filename: str, error: BaseException) -> BaseException:
+    """``error`` as raised by code in ``filename`` (its traceback names that file)."""
+    try:
+        exec(compile("raise error", filename, "exec"), {"error": error})
+    except BaseException as raised:  # noqa: BLE001 - the point is to catch exactly what was raised
+        return raised
+    raise AssertionError("not raised")
+
+
+def test_a_worker_dying_while_it_hands_over_a_batch_is_explained_too(good_data):
+    """A worker killed while the main process takes a batch from it can surface as a broken connection inside the
+    shared-memory hand-over, before PyTorch notices the dead worker: it is explained like PyTorch's own message."""
+    dm = datamodule(good_data)
+    dm.loading = dataclasses.replace(dm.loading, num_workers=1)
+    dm.setup("fit")
+    next(iter(dm.train_dataloader()))  # one worker reads a batch, then exits with its loader
+    dataset = dm.datasets["train"]
+    assert len(dataset.worker_pids()) == 1
+    handover = _raised_in(os.path.join("x", "multiprocessing", "resource_sharer.py"),
+                          ConnectionResetError(104, "Connection reset by peer"))
+    explained = dm.explain_worker_failure(handover)
+    assert isinstance(explained, DataLoaderWorkerError)
+    assert re.search(rf"DataLoader worker \(pid\(s\) {dataset.worker_pids()[0]}\) exited unexpectedly", str(explained))
+    # the same error from anywhere else (e.g. a logger's socket) is not a dead worker
+    assert dm.explain_worker_failure(_raised_in("elsewhere.py", ConnectionResetError(104, "reset"))) is None
+
+
 def test_other_errors_are_not_mistaken_for_a_dead_worker(good_data):
     dm = datamodule(good_data)
     assert dm.explain_worker_failure(RuntimeError("CUDA out of memory")) is None

@@ -8,7 +8,10 @@ device. Workers ship uint8 frames; ``on_after_batch_transfer`` normalises them o
 from __future__ import annotations
 
 import logging
+import os
 import re
+import time
+import traceback
 from collections.abc import Mapping, Sequence
 
 import pytorch_lightning as pl
@@ -44,6 +47,33 @@ class DataLoaderWorkerError(RuntimeError):
 
 
 WORKER_DIED = re.compile(r"DataLoader worker \(pid")
+
+
+def _lost_handover(error: BaseException) -> bool:
+    """Whether ``error`` is a broken connection raised while a batch's shared memory was handed over by a worker."""
+    if not isinstance(error, (ConnectionError, EOFError)):
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(frame.filename.endswith(HANDOVER_FILES) for frame in frames)
+
+
+# where a worker's batch is received: PyTorch's shared-memory rebuild and multiprocessing's handle sharing
+HANDOVER_FILES = (os.path.join("multiprocessing", "reductions.py"), os.path.join("multiprocessing", "resource_sharer.py"))
+
+
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` has exited (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: a zombie still counts as alive here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
 
 
 def focus_inputs(batch: Mapping) -> dict:
@@ -146,19 +176,37 @@ class VideoDataModule(pl.LightningDataModule):
         """For PyTorch's "DataLoader worker (pid N) ... exited unexpectedly / killed by signal" (which names no file):
         an error naming the videos the workers were reading and what to do; None for any other error.
 
+        A worker that dies while the main process is taking a batch from it (the batch's shared-memory handle is
+        passed over a socket) surfaces instead as a ``ConnectionError`` or ``EOFError`` raised inside that hand-over;
+        it is explained the same way.
+
         A Python exception in a worker needs none of this: PyTorch re-raises it with the worker's traceback and
         our message, which names the file."""
-        if not isinstance(error, RuntimeError) or not WORKER_DIED.search(str(error)):
+        if isinstance(error, RuntimeError) and WORKER_DIED.search(str(error)):
+            died = str(error)
+        elif _lost_handover(error) and (dead := self._dead_workers()):
+            died = f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited unexpectedly ({error!r})"
+        else:
             return None
         loading = [ds.describe(record) for ds in self.datasets.values() for record in ds.loading_now()]
         where = (f"while reading {', '.join(dict.fromkeys(loading))}" if loading else
                  "between videos (not while reading one)")
         return DataLoaderWorkerError(
-            f"a DataLoader worker died {where}: {error}. A native crash (Segmentation fault, Bus error; e.g. in a "
+            f"a DataLoader worker died {where}: {died}. A native crash (Segmentation fault, Bus error; e.g. in a "
             f"video decoder) printed the worker's Python stack above ('Fatal Python error'): check that video with "
             f"ffprobe and re-encode or remove it. 'Killed' is most often the out-of-memory killer: lower "
             f"data.num_workers or data.batch_size. data.num_workers=0 reads in the main process, where any error "
             f"is raised directly.")
+
+    def _dead_workers(self, wait: float = 2.0) -> list[int]:
+        """The DataLoader workers of these datasets that have exited (waiting up to ``wait`` s for a dying one)."""
+        pids = sorted({pid for ds in self.datasets.values() for pid in ds.worker_pids()})
+        deadline = time.monotonic() + wait
+        while True:
+            dead = [pid for pid in pids if _exited(pid)]
+            if dead or time.monotonic() > deadline:
+                return dead
+            time.sleep(0.05)
 
     def bad_records(self) -> dict[str, list]:
         """``{split: [VideoRecord, ...]}`` of the videos skipped so far because they failed to load."""

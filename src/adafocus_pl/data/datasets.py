@@ -118,6 +118,7 @@ class ClipDataset(Dataset):
         self._bad = shared(torch.zeros(len(self.records), dtype=torch.bool))
         # the video each DataLoader worker is reading (-1: none): names it when a worker dies in native code
         self._loading = shared(torch.full((MAX_WORKERS,), -1, dtype=torch.int64))
+        self._worker_pids = shared(torch.zeros(MAX_WORKERS, dtype=torch.int64))  # 0: no worker in that slot
         self._worker_slot: int | None = None
 
     @property
@@ -146,6 +147,10 @@ class ClipDataset(Dataset):
     def read_clip(self, record: VideoRecord, generator: torch.Generator | None) -> tuple[torch.Tensor, list[int]]:
         """(uint8 ``[T, 3, H, W]``, indices) of the clip the sampler draws with ``generator`` from ``record``."""
         return self.storage.read_clip(record, lambda num_frames: self.sampler(num_frames, generator))
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the DataLoader workers that have read from this dataset."""
+        return [pid for pid in self._worker_pids.tolist() if pid > 0]
 
     def loading_now(self) -> list[VideoRecord]:
         """The videos DataLoader workers are reading right now (after a worker died: the one it died on)."""
@@ -209,6 +214,7 @@ class ClipDataset(Dataset):
             return self.sample(index)
         if self._worker_slot is None:  # first sample in this worker process
             self._worker_slot = worker.id % MAX_WORKERS
+            self._worker_pids[self._worker_slot] = os.getpid()
             # a native crash (e.g. in a video decoder) prints this worker's Python stack to the process's stderr.
             # Disabled first: an enable() inherited from the parent is a no-op, and PyTorch's worker start-up has
             # replaced its SIGSEGV/SIGBUS handlers (PyTorch's handler still runs after the stack is printed).

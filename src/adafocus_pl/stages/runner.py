@@ -83,7 +83,7 @@ def run_stage(cfg: DictConfig) -> dict[str, float]:
 
         try:
             return _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, training, output_dir)
-        except RuntimeError as err:
+        except (RuntimeError, ConnectionError, EOFError) as err:  # a DataLoader worker may have died
             explained = datamodule.explain_worker_failure(err)
             if explained is None:
                 raise
