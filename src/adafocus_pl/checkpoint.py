@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from adafocus_pl.models.build import build_network, shape_keys
+from adafocus_pl.models.build import architecture_of, build_network, shape_keys
 from adafocus_pl.models.contract import VideoNet
 
 # The globals this loader allows on top of ``torch.load(weights_only=True)``'s defaults: none. Every checkpoint a
@@ -267,16 +267,12 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 
 
 # ------------------------------------------------------------------------------------------------ fitting a run
-def _architecture(net: Mapping) -> str:
-    return net.get("architecture", "adafocus")
-
-
 def network_mismatches(theirs: Mapping, ours: Mapping, path: str | Path, key: str,
                        backbones_only: bool = False) -> list[str]:
     """One message per network setting (``model.*``) that differs between a checkpoint's ``theirs`` and this run's
     ``ours``: the settings that fix parameter shapes (each architecture's ``shape_keys``), or with
     ``backbones_only`` those a Stage 0 checkpoint must share (``backbone_keys``)."""
-    architectures = dict.fromkeys((_architecture(theirs), _architecture(ours)))
+    architectures = dict.fromkeys((architecture_of(theirs), architecture_of(ours)))
     if backbones_only:
         names = VideoNet.backbone_keys
     else:

@@ -258,12 +258,16 @@ class Pipeline:
 def main(argv: list[str] | None = None) -> Path:
     from adafocus_pl.chain import runs_stage0
     from adafocus_pl.data import synthetic
+    from adafocus_pl.models.build import architecture_of
+    from adafocus_pl.models.contract import architecture_class
     from adafocus_pl.workers import Workers
 
     user = list(sys.argv[1:] if argv is None else argv)
     cfg = compose("train", user)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    jobs = plan(user, stage0=runs_stage0(user), plus=cfg.model.get("architecture", "adafocus") != "adafocus_tsm")
+    # AdaFocus+ runs beside AdaFocus where the architecture can skip frames (not AdaFocus-TSM)
+    plus = architecture_class(architecture_of(cfg.model)).supports_skip_policy
+    jobs = plan(user, stage0=runs_stage0(user), plus=plus)
     in_workers = single_process(cfg)
     count = job_count(cfg, cores) if in_workers else 1
     out_dir = Path(run_dir_of(cfg, PIPELINE))

@@ -39,13 +39,15 @@ from adafocus_pl.evaluation.flops import (
 )
 from adafocus_pl.inference.fast import DEFAULT_GLANCE_CHUNK, FastAdaFocus, FastFullFrame
 from adafocus_pl.models.adafocus import AdaFocusNet
+from adafocus_pl.models.build import architecture_of
+from adafocus_pl.models.contract import NetOutput
 from adafocus_pl.models.full_frame import FullFrameNet
 
 
 @dataclass
 class Contender:
     name: str
-    engine: Callable[[torch.Tensor], dict]
+    engine: Callable[[torch.Tensor], NetOutput]
     gflops_per_video: float
     patch_size: int | None = None
     eta: float | None = None
@@ -57,7 +59,8 @@ class Contender:
 def _model_kwargs(model_cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     """AdaFocusNet's constructor arguments, random weights (speed does not depend on them)."""
     plain = random_weight_config(model_cfg)
-    architecture = plain.pop("architecture", "adafocus")
+    architecture = architecture_of(plain)
+    plain.pop("architecture", None)
     if architecture != "adafocus":
         raise ValueError(f"the benchmark runs AdaFocus (model.architecture=adafocus), got {architecture!r}")
     return plain

@@ -14,12 +14,19 @@ from typing import Any
 
 from adafocus_pl.models.contract import VideoNet, architecture_class
 
+DEFAULT_ARCHITECTURE = "adafocus"  # a model config without an ``architecture`` key
+
+
+def architecture_of(config: Mapping[str, Any]) -> str:
+    """The ``architecture`` a ``model`` config names."""
+    return config.get("architecture", DEFAULT_ARCHITECTURE)
+
 
 def build_network(config: Mapping[str, Any]) -> VideoNet:
     """The network of a ``model`` config; every key but ``architecture`` is a constructor argument.
     ``skip_policy`` (AdaFocus+, Sec. 3.3) is refused with a clear message by architectures that cannot skip."""
-    kwargs = dict(config)
-    architecture = kwargs.pop("architecture", "adafocus")
+    architecture = architecture_of(config)
+    kwargs = {k: v for k, v in config.items() if k != "architecture"}
     cls = architecture_class(architecture)
     if not cls.supports_skip_policy:
         if kwargs.pop("skip_policy", False):

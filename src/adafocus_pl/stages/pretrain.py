@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adafocus_pl.data.sampling import SegmentSampler
+from adafocus_pl.models.build import architecture_of
 from adafocus_pl.models.contract import NetOutput
 from adafocus_pl.stages.base import StageModule
 
@@ -37,7 +38,7 @@ class PretrainStage(StageModule):
         if unknown or not trainable:
             raise ValueError(f"stage 0 trains backbones only: stage.module.trainable must list some of "
                              f"{list(BACKBONES)}, got {list(trainable)}")
-        if net.get("architecture", "adafocus") != "adafocus":
+        if architecture_of(net) != "adafocus":
             raise ValueError("stage 0 is defined for model.architecture=adafocus (the release's ActivityNet code); "
                              "AdaFocus-TSM's backbones see whole clips: start its Stage I from pretrained weights")
         if segments is not None and int(segments) < 1:
