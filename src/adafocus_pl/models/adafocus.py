@@ -352,7 +352,7 @@ class OnlineAdaFocus:
             local_features = net.local_features(net.crop(frames, offsets[:, None]))[:, 0]
         else:  # AdaFocus+: pi' steps on the same e_G; f_L runs only where p_t^B >= rho
             skip_logit, _, self.skip_state = net.skip_policy.step(glance_maps[:, 0], self.skip_state)
-            keep = torch.sigmoid(skip_logit.squeeze(-1).float()) >= self.rho
+            keep = keep_mask(skip_logit.squeeze(-1), self.rho)
             local_features = net.kept_local_features(frames, offsets[:, None], keep[:, None])[:, 0]
             self.last_keep = keep
         inputs = net.classifier_inputs(glance_features, local_features)
