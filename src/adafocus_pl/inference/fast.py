@@ -220,10 +220,14 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def supports_fast_path(net: nn.Module) -> bool:
-    """Whether :class:`FastAdaFocus` runs ``net``: a patch network with one patch per frame, whose building blocks
-    (:class:`~adafocus_pl.models.contract.PerFrameBlocks`) the engine composes."""
-    return has_per_frame_blocks(net)
+FAST_POLICY_KINDS = ("learned", "fixed")  # the patch policies the engine draws itself
+
+
+def supports_fast_path(net: nn.Module, patch_policy: str = "learned") -> bool:
+    """Whether :class:`FastAdaFocus` runs ``net`` with ``patch_policy``: a patch network with one patch per frame,
+    whose building blocks (:class:`~adafocus_pl.models.contract.PerFrameBlocks`) the engine composes, and a policy
+    it can draw (pi's argmax or a fixed one)."""
+    return has_per_frame_blocks(net) and get_patch_policy(patch_policy).kind in FAST_POLICY_KINDS
 
 
 class FastAdaFocus(_Engine):
@@ -241,9 +245,9 @@ class FastAdaFocus(_Engine):
                  eta: float | None = None, profile: bool = False,
                  patch_policy: str = "learned", generator: torch.Generator | None = None,
                  glance_chunk: int | None = DEFAULT_GLANCE_CHUNK):
-        if get_patch_policy(patch_policy).kind not in ("learned", "fixed"):
+        if get_patch_policy(patch_policy).kind not in FAST_POLICY_KINDS:
             raise ValueError(f"patch_policy must be 'learned' or a fixed policy, got {patch_policy!r}")
-        if not supports_fast_path(net):
+        if not has_per_frame_blocks(net):
             raise TypeError(f"FastAdaFocus runs a network with a patch per frame (AdaFocusNet), got "
                             f"{type(net).__name__} (AdaFocus-TSM networks run through their own forward)")
         if (rho is not None or eta is not None) and not net.capabilities.has_skip_policy:

@@ -33,7 +33,6 @@ from adafocus_pl.data.storage import VideoFileStorage
 from adafocus_pl.data.transforms import normalize_on_device
 from adafocus_pl.evaluation.plots import plot_patches
 from adafocus_pl.inference.fast import FastAdaFocus, supports_fast_path
-from adafocus_pl.models.patch_policies import get_patch_policy
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ class Predictor:
             raise ValueError("predict.rho needs an AdaFocus+ checkpoint (a network with pi')")
         self.rho = (rho if rho is not None else ckpt.rho) if plus else None
         self.engine = None
-        if supports_fast_path(self.net) and get_patch_policy(ckpt.patch_policy).kind in ("learned", "fixed"):
+        if supports_fast_path(self.net, ckpt.patch_policy):
             self.engine = FastAdaFocus(self.net, backend=backend, rho=self.rho, patch_policy=ckpt.patch_policy,
                                        generator=generator)
         self.generator = generator
