@@ -37,18 +37,6 @@ def plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
-def reachable_parts(net: dict, trainable: list[str] | tuple[str, ...]) -> list[str]:
-    """``trainable`` less f_G when its features never reach f_C (``use_glance_features=false``, Table 4).
-
-    In Stages I and III f_G's only path to the loss is f_C's input (pi is frozen, its argmax not differentiable):
-    without glance reuse it gets no gradient, so it stays frozen (DDP with ``find_unused_parameters=false`` would
-    otherwise fail on its parameters).
-    """
-    if net.get("use_glance_features", True):
-        return list(trainable)
-    return [part for part in trainable if part != "glance"]
-
-
 def gather_rows(x: torch.Tensor, all_gather: Callable[[torch.Tensor], torch.Tensor], world_size: int) -> torch.Tensor:
     """``x [N, ...]`` of every rank concatenated in rank order; ``N`` may differ between ranks.
 
@@ -69,6 +57,8 @@ class StageModule(pl.LightningModule):
 
     stage_id: int = 0
     accepts_init_from: tuple[int, ...] = ()
+    # Stages I and III: f_G's only path to the loss is f_C's input (pi is frozen, its argmax not differentiable)
+    glance_learns_through_classifier: bool = False
 
     def __init__(self, net: dict, optimizer: dict, trainable: list[str], eval_seed: int = 0,
                  channels_last: bool = True) -> None:
@@ -80,8 +70,12 @@ class StageModule(pl.LightningModule):
         self.save_hyperparameters()
         self.net = build_network(net)
         parts = self.net.parts()
-        # parts this network does not have are dropped (AdaFocus has no pi'; the TSM baseline no f_G and no pi)
-        self.trainable = [part for part in trainable if part in parts]
+        # parts this network does not have are dropped (AdaFocus has no pi'; the TSM baseline no f_G and no pi), and
+        # f_G when no gradient can reach it: without glance reuse (Table 4) it stays frozen (DDP with
+        # find_unused_parameters=false would otherwise fail on its parameters)
+        unreachable = {"glance"} if (self.glance_learns_through_classifier
+                                     and not self.net.capabilities.uses_glance_features) else set()
+        self.trainable = [part for part in trainable if part in parts and part not in unreachable]
         if channels_last:  # NHWC convolutions: ~1.5-2x faster on CPUs and tensor cores
             self.net.to(memory_format=torch.channels_last)
         self.frozen = [part for part in parts if part not in self.trainable]

@@ -20,11 +20,12 @@ from adafocus_pl.checkpoint import RHO_KEY, saved_rho
 from adafocus_pl.data.datamodule import focus_inputs
 from adafocus_pl.models.patch_policies import get_patch_policy, trainable_policy_names
 from adafocus_pl.models.skipping import DEFAULT_RHO, check_eta, solve_rho
-from adafocus_pl.stages.base import StageModule, reachable_parts, sequence_cross_entropy
+from adafocus_pl.stages.base import StageModule, sequence_cross_entropy
 
 
 class FinetuneStage(StageModule):
     stage_id = 3
+    glance_learns_through_classifier = True
 
     def __init__(self, net: dict, optimizer: dict, trainable: list[str] = ("local", "classifier"),
                  patch_policy: str = "learned", eval_seed: int = 0, channels_last: bool = True,
@@ -33,7 +34,6 @@ class FinetuneStage(StageModule):
             raise ValueError(f"stage.module.patch_policy={patch_policy!r}: choose one of {trainable_policy_names()}")
         if not get_patch_policy(patch_policy).uses_local and "local" in trainable:
             trainable = [p for p in trainable if p != "local"]  # glance-only: f_L is never run
-        trainable = reachable_parts(net, trainable)
         super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
                          channels_last=channels_last)
         self.patch_policy = patch_policy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from adafocus_pl.data.datamodule import focus_inputs
-from adafocus_pl.stages.base import StageModule, reachable_parts, sequence_cross_entropy
+from adafocus_pl.stages.base import StageModule, sequence_cross_entropy
 
 
 class WarmupStage(StageModule):
@@ -13,11 +13,11 @@ class WarmupStage(StageModule):
 
     stage_id = 1
     accepts_init_from = (0,)
+    glance_learns_through_classifier = True
 
     def __init__(self, net: dict, optimizer: dict, trainable: list[str] = ("glance", "local", "classifier"),
                  eval_seed: int = 0, channels_last: bool = True) -> None:
         net = {**net, "skip_policy": False}  # AdaFocus+'s pi' is born in Stage II (Sec. 3.3)
-        trainable = reachable_parts(net, trainable)
         super().__init__(net=net, optimizer=optimizer, trainable=list(trainable), eval_seed=eval_seed,
                          channels_last=channels_last)
 
