@@ -37,8 +37,6 @@ from adafocus_pl.utils.config import compose
 
 # how a run was started (fresh or resumed, by which pipeline) does not change what it computes
 IGNORED_KEYS = ("ckpt_path", "pipeline")
-# paths of the run layout (adafocus_pl.plan.run_directory): compared by where they point, not how they are spelled
-LAYOUT_KEYS = ("paths.run_dir", "stage.init_from", "init_from")
 
 
 @dataclass(frozen=True)
@@ -99,33 +97,11 @@ def runs_stage0(overrides: list[str]) -> bool:
     return bool(OmegaConf.select(compose("train", overrides), "schedule.stage0.epochs", default=0))
 
 
-def resolve_layout(config: dict) -> dict:
-    """``config`` with its :data:`LAYOUT_KEYS` resolved: the same directory compares equal however the config
-    spelled it (runs saved before the layout had one function spelled it out, ``${paths.log_dir}/...``; now they
-    say ``${adafocus.run_dir:STAGE}``). A value that does not resolve here is compared as written."""
-    try:
-        resolvable = OmegaConf.create(config)
-    except Exception:  # not a config OmegaConf reads: compared as written
-        return config
-    for dotted in LAYOUT_KEYS:
-        try:
-            value = OmegaConf.select(resolvable, dotted, default=None, throw_on_resolution_failure=True)
-        except Exception:  # e.g. a resolver of another version of the project
-            continue
-        *parents, leaf = dotted.split(".")
-        node = config
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node:
-            node[leaf] = value
-    return config
-
-
 def comparable(config: dict) -> dict:
     """A config as saved in ``.hydra/config.yaml`` (no ``hydra`` node), minus the keys that do not matter: how the
     run was started, and the settings its stage does not depend on (``stage.shared_by``, e.g. Stage 0's patch
-    size); its run-layout paths are compared as the directories they resolve to (:func:`resolve_layout`)."""
-    config = resolve_layout(copy.deepcopy({k: v for k, v in config.items() if k not in (*IGNORED_KEYS, "hydra")}))
+    size)."""
+    config = copy.deepcopy({k: v for k, v in config.items() if k not in (*IGNORED_KEYS, "hydra")})
     for dotted in (config.get("stage") or {}).get("shared_by") or []:
         *parents, leaf = dotted.split(".")
         node = config
