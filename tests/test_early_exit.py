@@ -1,0 +1,82 @@
+"""Sample-wise early exit (budgeted protocol): thresholds, exit steps, costs."""
+
+import math
+
+import pytest
+import torch
+
+from adafocus_pl.inference.early_exit import (
+    ExitRule,
+    cumulative_costs,
+    exit_steps,
+    expected_cost,
+    gather_steps,
+    geometric_exit_fractions,
+    solve_exit_rule,
+    thresholds_for_fractions,
+)
+
+
+def _confidence(n=400, steps=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # confidence grows with the frames read, differently per video
+    base = torch.rand(n, 1, generator=g)
+    return (base + 0.08 * torch.arange(steps) + 0.05 * torch.rand(n, steps, generator=g)).clamp(max=1.0)
+
+
+def test_first_step_over_its_threshold_is_the_exit():
+    conf = torch.tensor([[0.9, 0.1, 0.1], [0.2, 0.8, 0.1], [0.1, 0.1, 0.1], [0.5, 0.95, 0.9]])
+    rule = ExitRule((0.85, 0.9, float("-inf")))
+    assert exit_steps(conf, rule).tolist() == [0, 2, 2, 1]
+
+
+def test_geometric_fractions_sum_to_one_and_favour_early_steps_below_one():
+    q = geometric_exit_fractions(0.5, 6)
+    assert math.isclose(float(q.sum()), 1.0, rel_tol=1e-9)
+    assert torch.all(q[:-1] > q[1:])
+    assert torch.all(geometric_exit_fractions(2.0, 6).diff() > 0)
+
+
+def test_thresholds_reproduce_the_exit_fractions_on_their_own_split():
+    conf = _confidence()
+    fractions = geometric_exit_fractions(0.7, 8)
+    rule = ExitRule(thresholds_for_fractions(conf, fractions))
+    counts = torch.bincount(exit_steps(conf, rule), minlength=8).double() / conf.shape[0]
+    assert torch.allclose(counts, fractions, atol=1.5 / conf.shape[0])
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.6, 0.8])
+def test_solved_rule_meets_its_budget_on_the_split_it_was_solved_on(budget):
+    conf = _confidence()
+    costs = cumulative_costs(1.0, 4.0, 8, count=conf.shape[0])
+    rule = solve_exit_rule(conf, costs.mean(0), budget)
+    assert rule.budget == budget and math.isinf(rule.thresholds[-1])
+    spent = gather_steps(costs, exit_steps(conf, rule)).mean().item()
+    assert abs(spent - budget * costs[0, -1].item()) < 0.03 * costs[0, -1].item()
+
+
+def test_full_budget_reads_every_frame_and_tiny_budget_stops_at_once():
+    conf = _confidence()
+    costs = cumulative_costs(1.0, 4.0, 8, count=conf.shape[0]).mean(0)
+    assert exit_steps(conf, solve_exit_rule(conf, costs, 1.0)).eq(7).all()
+    assert exit_steps(conf, solve_exit_rule(conf, costs, 0.01)).eq(0).all()
+
+
+def test_costs_count_f_L_only_on_kept_frames():
+    keep = torch.tensor([[True, False, True], [False, False, False]])
+    costs = cumulative_costs(1.0, 10.0, 3, keep=keep)
+    assert costs.tolist() == [[11.0, 12.0, 23.0], [1.0, 2.0, 3.0]]
+    assert expected_cost(torch.tensor([0.5, 0.0, 0.5], dtype=torch.float64), costs[0]) == pytest.approx(17.0)
+
+
+def test_bad_budgets_and_mismatched_steps_are_refused():
+    conf = _confidence(steps=4)
+    with pytest.raises(ValueError, match="budget"):
+        solve_exit_rule(conf, torch.ones(4), 1.5)
+    with pytest.raises(ValueError, match="3 thresholds"):
+        exit_steps(conf, ExitRule((0.5, 0.5, float("-inf"))))
+
+
+def test_rule_round_trips_through_json_values():
+    rule = ExitRule((0.9, 0.8, float("-inf")), 0.6)
+    assert ExitRule.from_dict(rule.as_dict()) == rule
