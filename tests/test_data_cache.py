@@ -1,5 +1,7 @@
 """The decoded-video cache returns exactly what decoding returns, and is written once, atomically."""
 
+import os
+
 import pytest
 import torch
 
@@ -59,6 +61,46 @@ def test_entries_of_the_first_cache_naming_are_renamed_not_decoded_again(tmp_pat
     cached = val_clips(data, "train.txt", cache_dir=decoded)
     cached.storage._read_clip_decoded = None  # any decoding would fail: every clip must come from the renamed entries
     assert all(cached[i]["frames"].shape == (8, 3, 96, 96) for i in range(3))
+
+
+def test_first_naming_entries_of_an_earlier_benchmark_never_stand_in_for_regenerated_videos(tmp_path):
+    """Entries named by the path alone that were written for an earlier benchmark (another spec) hold other frames:
+    regenerating removes them, so a later generate() call (benchmark current) cannot rename them over the fresh
+    entries, and every clip read through the cache equals the decoded video."""
+    from adafocus_pl.data.decode_cache import _ENTRY
+    from adafocus_pl.data.synthetic import SyntheticSpec, generate
+
+    data, decoded = tmp_path / "data", tmp_path / "data" / ".decoded"
+    generate(data, SyntheticSpec(num_train=2, num_val=1, num_test=1, seed=1), workers=1, progress=False,
+             decoded_dir=decoded)
+    for entry in decoded.rglob("*.npy"):  # the earlier benchmark's entries, first naming
+        entry.rename(entry.parent / (_ENTRY.match(entry.name)["name"].removesuffix(".mp4") + ".npy"))
+    spec = SyntheticSpec(num_train=2, num_val=1, num_test=1, seed=2)
+    generate(data, spec, workers=1, progress=False, decoded_dir=decoded)  # another spec: regenerated
+    generate(data, spec, workers=1, progress=False, decoded_dir=decoded)  # current: skipped
+    assert len(list(decoded.rglob("*.npy"))) == 4
+    fresh = val_clips(data, "train.txt")  # decodes the H.264 files
+    cached = val_clips(data, "train.txt", cache_dir=decoded)
+    cached.storage._read_clip_decoded = None  # every clip from the cache
+    for i in range(len(fresh)):
+        assert torch.equal(cached[i]["frames"], fresh[i]["frames"])
+
+
+def test_a_first_naming_entry_older_than_its_video_is_removed_not_renamed(tmp_path):
+    from adafocus_pl.data.decode_cache import _ENTRY
+    from adafocus_pl.data.synthetic import SyntheticSpec, generate
+
+    spec = SyntheticSpec(num_train=1, num_val=1, num_test=1)
+    data, decoded = tmp_path / "data", tmp_path / "data" / ".decoded"
+    generate(data, spec, workers=1, progress=False, decoded_dir=decoded)
+    entry = next(decoded.rglob("videos/train/*.npy"))
+    stale = entry.parent / (_ENTRY.match(entry.name)["name"].removesuffix(".mp4") + ".npy")
+    entry.unlink()
+    stale.write_bytes(b"frames of another video")
+    video = data / "videos" / "train" / "000000.mp4"
+    os.utime(stale, ns=(video.stat().st_mtime_ns - 10**9,) * 2)  # written a second before the video
+    generate(data, spec, workers=1, progress=False, decoded_dir=decoded)  # current: skipped
+    assert not stale.exists() and not list(decoded.rglob("videos/train/*.npy"))
 
 
 def test_a_missing_video_has_no_cache_entry_and_fails_as_without_a_cache(tmp_path):

@@ -477,15 +477,30 @@ def ownership_problem(out_dir: str | Path) -> str | None:
             f"python -m adafocus_pl.data.synthetic)")
 
 
-def _rename_old_cache_entries(out_dir: Path, decoded_dir: Path) -> None:
+def _first_naming_entries(decoded_dir: Path) -> list[tuple[Path, str]]:
     """Decoded frames stored under the cache's first naming (``videos/<split>/NNNNNN.npy``, keyed by the path
-    alone) get the name the cache now reads: they hold exactly the frames of our videos."""
-    from adafocus_pl.data.decode_cache import entry_path
-
+    alone), with the video name each one was written for."""
+    found = []
     for old in decoded_dir.glob("videos/*/*.npy"):
         name = old.relative_to(decoded_dir).with_suffix(".mp4").as_posix()
-        if _VIDEO_NAME.match(name) and (out_dir / name).is_file():
-            old.rename(entry_path(decoded_dir, name, out_dir / name))
+        if _VIDEO_NAME.match(name):
+            found.append((old, name))
+    return found
+
+
+def _rename_old_cache_entries(out_dir: Path, decoded_dir: Path) -> None:
+    """First-naming entries get the name the cache now reads when they hold the frames of the video there now:
+    written with it (not before it: an entry is written right after its video), and no keyed entry for it yet.
+    Any other first-naming entry belongs to an earlier generation of the benchmark and is removed."""
+    from adafocus_pl.data.decode_cache import entry_path
+
+    for old, name in _first_naming_entries(decoded_dir):
+        video = out_dir / name
+        new = entry_path(decoded_dir, name, video) if video.is_file() else None
+        if new is not None and not new.exists() and old.stat().st_mtime_ns >= video.stat().st_mtime_ns:
+            old.rename(new)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def generate(
@@ -521,6 +536,9 @@ def generate(
     (out_dir / OWNER_MARKER).write_text("This directory was made by adafocus_pl.data.synthetic, which may rewrite "
                                         "the files it lists in meta.json.\n")
     previous = _listed_videos(out_dir)
+    if decoded_dir is not None:  # frames of the videos about to be replaced, under the first naming
+        for old, _ in _first_naming_entries(Path(decoded_dir)):
+            old.unlink(missing_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)  # written last: a half-done directory is never "current"
     tasks = [(s, i, int(lab)) for s in SPLITS for i, lab in enumerate(split_labels(spec, s))]
     work = functools.partial(_make_video, spec=spec, out_dir=out_dir,
