@@ -68,7 +68,7 @@ RELEASE_SAFE_GLOBALS: tuple[Any, ...] = (
 )
 
 DP_PREFIX = "module."  # DataParallel / DistributedDataParallel
-PARTS = ("glance", "local", "policy", "classifier")
+MAPPED_PARTS = ("glance", "local", "policy", "classifier")  # the parts of ours a release model fills
 PART_LABELS = {"glance": "f_G", "local": "f_L", "policy": "pi", "classifier": "f_C"}
 # (release prefix, our prefix, part): the rest of the name is kept (torchvision names on both sides), but for
 # nn.GRU's "_l0" suffix (see _GRU_PREFIXES)
@@ -284,7 +284,7 @@ class ConversionPlan:
 
     def counts(self) -> dict[str, int]:
         """Mapped tensors per part (``glance``, ``local``, ``policy``, ``classifier``)."""
-        return {part: sum(m["part"] == part for m in self.mapped) for part in PARTS}
+        return {part: sum(m["part"] == part for m in self.mapped) for part in MAPPED_PARTS}
 
     def problems(self) -> list[str]:
         """What stops a strict load, one line per kind, naming the tensors (empty: it loads)."""
