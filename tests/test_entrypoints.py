@@ -30,7 +30,8 @@ def test_train_cfg_job_composes_from_another_directory(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["adafocus_pl.data.synthetic", "adafocus_pl.data.extract_frames",
-                                    "adafocus_pl.data.benchmark", "adafocus_pl.bench", "adafocus_pl.predict"])
+                                    "adafocus_pl.data.benchmark", "adafocus_pl.bench", "adafocus_pl.predict",
+                                    "adafocus_pl.convert"])
 def test_tool_help(module, tmp_path):
     out = run(["-m", module, "--help"], tmp_path)
     assert out.returncode == 0, out.stderr

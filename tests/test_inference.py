@@ -45,9 +45,11 @@ def frames(batch=3, steps=6, size=96, seed=1) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ fast path
 @pytest.mark.parametrize("backend", ["eager", "script"])
-@pytest.mark.parametrize("variant", ["gru", "fc", "glance_size", "no_glance_reuse", "no_channels_last"])
+@pytest.mark.parametrize("variant", ["gru", "fc", "glance_size", "glance_nearest", "no_glance_reuse",
+                                     "no_channels_last"])
 def test_fast_path_gives_the_training_forwards_predictions(backend, variant):
     kwargs = {"gru": {}, "fc": {"classifier": "fc"}, "glance_size": {"glance_size": 64},
+              "glance_nearest": {"glance_size": 64, "glance_resize": "nearest"},
               "no_glance_reuse": {"use_glance_features": False}, "no_channels_last": {}}[variant]
     net = tiny_net(**kwargs)
     x = frames()

@@ -187,6 +187,32 @@ def test_glance_size_resizes_frames_before_the_glance():
         assert net.eval()(clip()).logits.shape == (B, T, K)
 
 
+def test_glance_resize_nearest_is_plain_interpolate_and_bilinear_is_antialiased():
+    x = clip()
+    flat = x.flatten(0, 1)
+    nearest = tiny_net(glance_size=32, glance_resize="nearest")
+    assert torch.equal(nearest.glance_inputs(x), torch.nn.functional.interpolate(flat, (32, 32)))
+    bilinear = tiny_net(glance_size=32)  # the default
+    assert bilinear.glance_resize == "bilinear"
+    assert torch.equal(bilinear.glance_inputs(x), torch.nn.functional.interpolate(
+        flat, (32, 32), mode="bilinear", align_corners=False, antialias=True))
+    assert not torch.equal(nearest.glance_inputs(x), bilinear.glance_inputs(x))
+    # at the frame size no resize happens in either mode
+    assert torch.equal(tiny_net(glance_size=FRAME, glance_resize="nearest").glance_inputs(x), flat)
+    with torch.no_grad():
+        assert nearest.eval()(x).logits.shape == (B, T, K)
+
+
+def test_glance_resize_leaves_the_flops_unchanged():
+    from adafocus_pl.evaluation.flops import component_gflops, count_gflops
+
+    nets = [tiny_net(glance_size=32, glance_resize=mode).eval() for mode in ("bilinear", "nearest")]
+    assert component_gflops(nets[0]) == component_gflops(nets[1])
+    # f_G's count through the resize itself (a whole frame in, glance_inputs then f_G): the resize adds nothing
+    through = [count_gflops(net, lambda n, x: n.glance_maps(x), clip(batch=1, steps=1)) for net in nets]
+    assert through[0] == through[1] == component_gflops(nets[0])["glance"] > 0
+
+
 def test_input_validation():
     net = tiny_net()
     with pytest.raises(ValueError, match="expected frames"):
@@ -197,3 +223,5 @@ def test_input_validation():
         tiny_net(classifier="lstm")
     with pytest.raises(ValueError, match="smaller than the frame"):
         tiny_net(patch_size=FRAME)
+    with pytest.raises(ValueError, match=r"model\.glance_resize='area': use 'bilinear' .* or 'nearest'"):
+        tiny_net(glance_resize="area")

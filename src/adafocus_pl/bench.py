@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from adafocus_pl.utils.config import compose
+from adafocus_pl.utils.config import PAPER_NETWORK, compose
 
-DEFAULT_OVERRIDES = ["data=activitynet", "model=adafocus"]
+DEFAULT_OVERRIDES = list(PAPER_NETWORK)
 
 
 def _ints(text: str) -> list[int]:

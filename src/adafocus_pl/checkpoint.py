@@ -2,9 +2,11 @@
 checks, the W&B run id), evaluation, prediction and the fast inference path all come here. No Lightning needed
 (Lightning writes the files, through :class:`adafocus_pl.stages.checkpoint_io.AtomicCheckpointIO`).
 
-- :func:`read_checkpoint`: the file as a dict, or a clear error;
+- :func:`read_checkpoint`: the file as a dict, or a clear error (:func:`read_torch_file`: any torch file, read
+  the same safe way; the converter of the authors' checkpoints, :mod:`adafocus_pl.release`, reads them with it);
 - :func:`load_checkpoint`: the network it holds, rebuilt in eval mode, with its stage, patch policy and rho;
-- :func:`network_mismatches` / :func:`resume_problems`: which settings differ from the run that loads it;
+- :func:`network_mismatches` / :func:`resume_problems`: which settings differ from the run that loads it (a
+  checkpoint converted from the release, marked by :data:`CONVERTED_KEY`, holds weights only and is never resumed);
 - :func:`load_init_weights`: an earlier stage's weights into this stage's network (``init_from``).
 
 The file is unpickled with ``torch.load(weights_only=True)``: only tensors, plain containers and the few torch
@@ -55,6 +57,8 @@ _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6: a zip archi
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the run that loads it."""
 
+    reason: str = ""  # for a file that cannot be read: why, in a few words (the message says it too)
+
 
 class MissingCheckpointError(FileNotFoundError):
     """No checkpoint file where the setting points (a :class:`FileNotFoundError`, told apart from other missing
@@ -77,6 +81,24 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     Raises :class:`MissingCheckpointError` (a :class:`FileNotFoundError`), :class:`CheckpointError` or
     :class:`UnsafeCheckpointError` (see the module docstring); nothing in the file is executed in any case.
     """
+    ckpt = read_torch_file(path, key)
+    if not isinstance(ckpt, Mapping) or any(name not in ckpt for name in STAGE_KEYS):
+        found = (f"its top-level keys are {', '.join(map(repr, list(ckpt)[:8]))}" if isinstance(ckpt, Mapping)
+                 else f"it holds a {type(ckpt).__name__}")
+        raise CheckpointError(
+            f"{key}={path} is a torch file but not an adafocus-pl stage checkpoint (no 'adafocus_stage' / "
+            f"'hyper_parameters' entries; {found}). Point {key} at a checkpoint written by python -m "
+            f"adafocus_pl.train (<run dir>/checkpoints/last.ckpt or epochNNN.ckpt); backbone weights in a plain "
+            f"state_dict go in model.glance_pretrained / model.local_pretrained instead; a checkpoint of the "
+            f"authors' release is converted by python -m adafocus_pl.convert")
+    return dict(ckpt)
+
+
+def read_torch_file(path: str | Path, key: str = "ckpt_path", safe_globals: tuple[Any, ...] = SAFE_GLOBALS) -> Any:
+    """What ``torch.save`` wrote to ``path`` (tensors on the CPU, memory-mapped), unpickled weights-only with
+    ``safe_globals`` allowed on top of torch's defaults (entries as ``torch.serialization.safe_globals`` takes
+    them: an object, or ``(object, "the.name.it.is.pickled.under")``). The errors are :func:`read_checkpoint`'s,
+    without its check that the file is a stage checkpoint."""
     path = Path(path)
     if path.is_dir():
         raise MissingCheckpointError(
@@ -94,26 +116,19 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     try:
         # torch warns about what it finds odd in a file (a TorchScript archive, a newer pickle protocol) before it
         # fails: the error below says it once, in the user's terms
-        with warnings.catch_warnings(), torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(safe_globals)):
             warnings.simplefilter("ignore")
             # mmap needs the zip format; a bare pickle (never written by this project) is still read weights-only
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zip_format)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zip_format)
     except Exception as err:  # truncated zip, garbage, not a torch file, a refused object, unreadable disk
         # from None: torch's own text (with its advice to retry with weights_only=False) stays out of the report
-        raise _refusal(path, key, err, head) from None
-    if not isinstance(ckpt, Mapping) or any(name not in ckpt for name in STAGE_KEYS):
-        found = (f"its top-level keys are {', '.join(map(repr, list(ckpt)[:8]))}" if isinstance(ckpt, Mapping)
-                 else f"it holds a {type(ckpt).__name__}")
-        raise CheckpointError(
-            f"{key}={path} is a torch file but not an adafocus-pl stage checkpoint (no 'adafocus_stage' / "
-            f"'hyper_parameters' entries; {found}). Point {key} at a checkpoint written by python -m "
-            f"adafocus_pl.train (<run dir>/checkpoints/last.ckpt or epochNNN.ckpt); backbone weights in a plain "
-            f"state_dict go in model.glance_pretrained / model.local_pretrained instead")
-    return dict(ckpt)
+        raise _refusal(path, key, err, head, safe_globals) from None
 
 
-def _refusal(path: Path, key: str, err: Exception, head: bytes) -> CheckpointError:
-    """The error to raise for a file ``torch.load`` failed on (``head``: its first bytes)."""
+def _refusal(path: Path, key: str, err: Exception, head: bytes, safe_globals: tuple[Any, ...] = SAFE_GLOBALS,
+             ) -> CheckpointError:
+    """The error to raise for a file ``torch.load`` failed on (``head``: its first bytes; ``safe_globals``: what
+    the load allowed besides torch's defaults)."""
     zip_format = head.startswith(_ZIP_MAGIC)
     if isinstance(err, pickle.UnpicklingError):
         reason = f"UnpicklingError: {_unpickler_reason(err)}"
@@ -123,7 +138,7 @@ def _refusal(path: Path, key: str, err: Exception, head: bytes) -> CheckpointErr
     else:
         reason, needed = f"{type(err).__name__}: {_first_line(str(err))}", None
     # a bare pickle (pickle.dump of a crafted object) fails at an opcode before its first object: find that object
-    needed = needed or (None if zip_format else _disallowed_global_in_pickle(path))
+    needed = needed or (None if zip_format else _disallowed_global_in_pickle(path, safe_globals))
     if needed is not None:
         return _unsafe(path, key, needed)
     if "TorchScript" in str(err):
@@ -142,10 +157,12 @@ def _unsafe(path: Path, key: str, needed: str) -> UnsafeCheckpointError:
 
 
 def _unreadable(path: Path, key: str, reason: str) -> CheckpointError:
-    return CheckpointError(
+    error = CheckpointError(
         f"{key}={path} cannot be read ({reason}); the file is truncated or not a checkpoint. Point {key} at "
         f"another checkpoint of {path.parent} (last.ckpt, epochNNN.ckpt) or of the run that should have written "
         f"it (with ckpt_path=auto, deleting this file makes the stage start over)")
+    error.reason = reason
+    return error
 
 
 # how other files a ckpt_path may point at by mistake begin
@@ -190,7 +207,7 @@ def _refused_global(reason: str) -> str | None:
     return None
 
 
-def _disallowed_global_in_pickle(path: Path) -> str | None:
+def _disallowed_global_in_pickle(path: Path, safe_globals: tuple[Any, ...] = SAFE_GLOBALS) -> str | None:
     """The first Python object a bare pickle file (not torch's zip format) asks for that the weights-only unpickler
     does not allow, found by reading its opcodes without executing any (``pickletools``). The unpickler itself
     stops earlier on such files, at opcodes of pickle protocols above 2, and would otherwise only say that."""
@@ -198,7 +215,8 @@ def _disallowed_global_in_pickle(path: Path) -> str | None:
         allowed = set(torch._weights_only_unpickler._get_allowed_globals())
     except AttributeError:  # a torch without that table: no verdict, the file is reported as unreadable
         return None
-    allowed |= {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', g)}" for g in SAFE_GLOBALS}
+    allowed |= {g[1] if isinstance(g, tuple) else f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', g)}"
+                for g in safe_globals}
     strings: list[str] = []
     try:
         with open(path, "rb") as handle:
@@ -225,6 +243,8 @@ def _first_line(text: str) -> str:
 NET_PREFIX = "net."  # the stage modules hold the network as ``self.net``
 RHO_KEY = "adafocus_rho"  # AdaFocus+ Stage III+: {"eta": eta, "rho": rho} solved on the training split (Sec. 3.3)
 _LEGACY_RHO_KEY = "adafocus_keep_threshold"  # the same, as files written before the entry was renamed hold it
+# a checkpoint made by python -m adafocus_pl.convert from the authors' release: its source file, epoch, best_acc
+CONVERTED_KEY = "adafocus_converted_from"
 
 
 def network_state(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -294,6 +314,10 @@ def resume_problems(path: str | Path, stage_id: int, net: Mapping) -> list[str]:
         ckpt = read_checkpoint(path, "ckpt_path")
     except (OSError, CheckpointError) as err:
         return [str(err)]
+    if CONVERTED_KEY in ckpt:  # weights only: no optimiser, loop or epoch to continue from
+        return [f"ckpt_path={path} holds weights converted from the authors' release (python -m adafocus_pl.convert),"
+                f" with no training state to resume: start a stage from them with init_from={path} ckpt_path=null, "
+                f"or evaluate them with python -m adafocus_pl.eval ckpt_path={path}"]
     problems = []
     if ckpt["adafocus_stage"] != stage_id:
         problems.append(

@@ -33,6 +33,9 @@ from adafocus_pl.models.policy import PatchPolicy, categorical_actions, choose_p
 from adafocus_pl.models.registry import create_backbone
 from adafocus_pl.models.skipping import keep_mask
 
+# how glance_inputs resizes frames to glance_size: antialiased bilinear (ours; the paper does not say), or nearest
+# neighbour, which is F.interpolate's default and so what the authors' release does
+GLANCE_RESIZE_MODES = ("bilinear", "nearest")
 
 @register_architecture("adafocus")
 class AdaFocusNet(VideoNet):
@@ -58,6 +61,7 @@ class AdaFocusNet(VideoNet):
         glance_pretrained: str | None = None,
         local_pretrained: str | None = None,
         glance_size: int | Sequence[int] | None = None,
+        glance_resize: str = "bilinear",
         grid_size: int = 7,
         policy_conv_channels: int = 32,
         policy_hidden: int = 1024,
@@ -73,6 +77,11 @@ class AdaFocusNet(VideoNet):
         self.patch_size = int(patch_size)
         check_patch_size(self.frame_hw, self.patch_size)
         self.glance_hw = None if glance_size is None else frame_pair(glance_size)
+        if glance_resize not in GLANCE_RESIZE_MODES:
+            raise ValueError(f"model.glance_resize={glance_resize!r}: use 'bilinear' (antialiased, the default) or "
+                             f"'nearest' (the authors' release); it applies only when model.glance_size differs "
+                             f"from the frame size")
+        self.glance_resize = glance_resize
         self.grid_size = int(grid_size)
         self.use_glance_features = bool(use_glance_features)
         self.gaussian_std = float(gaussian_std)
@@ -124,10 +133,14 @@ class AdaFocusNet(VideoNet):
 
     # ------------------------------------------------------------------------------------------ building blocks
     def glance_inputs(self, frames: Tensor) -> Tensor:
-        """f_G's input ``[B*T, 3, h_G, w_G]``: all frames flattened, resized to ``glance_size`` when it is set."""
+        """f_G's input ``[B*T, 3, h_G, w_G]``: all frames flattened, resized to ``glance_size`` when it is set
+        (``glance_resize``: antialiased bilinear, or the release's nearest neighbour)."""
         flat = frames.flatten(0, 1)
         if self.glance_hw is not None and tuple(flat.shape[-2:]) != self.glance_hw:
-            flat = F.interpolate(flat, size=self.glance_hw, mode="bilinear", align_corners=False, antialias=True)
+            if self.glance_resize == "nearest":
+                flat = F.interpolate(flat, size=self.glance_hw, mode="nearest")
+            else:
+                flat = F.interpolate(flat, size=self.glance_hw, mode="bilinear", align_corners=False, antialias=True)
         return flat
 
     def glance_maps(self, frames: Tensor) -> Tensor:

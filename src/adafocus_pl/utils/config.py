@@ -10,6 +10,9 @@ from omegaconf import OmegaConf
 from adafocus_pl import plan
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# the paper's full-size network (MobileNetV2 + ResNet-50, 224x224 frames, 16 per video, 200 classes): the default
+# of the tools that build one without a training run (bench, convert)
+PAPER_NETWORK = ("data=activitynet", "model=adafocus")
 
 
 def project_root() -> Path:
