@@ -268,38 +268,44 @@ class Predictor:
             raise RuntimeError("call go_online before predict_online")
         recognizer = self.recognizer
         frames = recognizer.video(video, self.stride)
-        steps: list[StepResult] = []
-        shown: list[tuple[torch.Tensor, tuple[int, int], bool | None]] = []
+        # what the record and figure need, not the StepResults: a long stride run keeps no frame it does not show
+        records: list[dict[str, Any]] = []
+        offsets: list[tuple[int, int]] = []
+        kept: list[bool | None] = []
+        shown: list[int] = []  # the steps the figure shows
+        shown_frames: list[torch.Tensor] = []
+        last = final = None
         for result in recognizer.run(frames, stop_at_exit=self.stop_at_exit):
-            steps.append(result)
-            every = max(1, math.ceil(frames.steps / FIGURE_STEPS))
-            if result.step % every == 0:
-                shown.append((result.frame, result.offset, result.kept))
+            records.append(result.as_dict())
+            offsets.append(result.offset)
+            kept.append(result.kept)
+            if result.step % max(1, math.ceil(frames.steps / FIGURE_STEPS)) == 0:
+                shown.append(result.step)
+                shown_frames.append(result.frame)
+            if result.exit_here:
+                final = result
+            last = result
             if on_step is not None:
                 on_step(result, frames)
-        if not steps:
+        if last is None:
             raise RuntimeError(f"no frame of {video} could be read")
-        rule = recognizer.exit_rule
-        final = next((r for r in steps if r.exit_here), steps[-1])
-        total = frames.steps
-        read_all = len(steps) == total
-        plus = recognizer.rho is not None
-        full = steps[-1].gflops if read_all else recognizer.full_gflops(total)
+        final = final or last
+        rule, total = recognizer.exit_rule, frames.steps
+        read_all = last.step + 1 == total
         online = {
             "stride": self.stride, "num_frames": frames.num_frames, "steps_total": total,
-            "exit_rule": None if rule is None else rule.as_dict(),
-            "exit_step": None if recognizer.exit_step is None else recognizer.exit_step,
-            "steps_read": len(steps), "frames_read": steps[-1].frames_read,
-            "gflops": steps[-1].gflops, "gflops_full": full, "gflops_full_is_bound": plus and not read_all,
-            "prediction_step": final.step, "records": [r.as_dict() for r in steps],
+            "exit_rule": None if rule is None else rule.as_dict(), "exit_step": recognizer.exit_step,
+            "steps_read": last.step + 1, "frames_read": last.frames_read, "gflops": last.gflops,
+            "gflops_full": last.gflops if read_all else recognizer.full_gflops(total),
+            "gflops_full_is_bound": recognizer.rho is not None and not read_all,  # AdaFocus+: f_L on unread frames
+            "prediction_step": final.step, "records": records,
         }
-        keep = None if steps[0].kept is None else torch.tensor([r.kept for r in steps])
-        prediction = Prediction(str(video), final.top_k, torch.tensor([r.offset for r in steps]), keep,
-                                torch.stack([f for f, _, _ in shown]), path=video_path(video), online=online)
+        keep = None if kept[0] is None else torch.tensor(kept)
+        prediction = Prediction(str(video), final.top_k, torch.tensor(offsets), keep, torch.stack(shown_frames),
+                                path=video_path(video), online=online)
         if out_dir is not None:
-            shown_keep = None if keep is None else torch.tensor([k for _, _, k in shown])
-            self._write(prediction, prediction.frames, torch.tensor([o for _, o, _ in shown]), shown_keep, out_dir,
-                        name)
+            self._write(prediction, prediction.frames, prediction.offsets[shown],
+                        None if keep is None else keep[shown], out_dir, name)
         return prediction
 
 
