@@ -255,9 +255,12 @@ class OnlineRecognizer:
         self.stepper.reset()
         self.steps, self.local_frames, self.exit_step = 0, 0, None
 
-    def full_gflops(self, steps: int) -> float:
-        """GFLOPs of ``steps`` frames with f_L on every one (AdaFocus+: an upper bound)."""
-        return gflops_per_video(self.parts, steps)
+    def full_gflops(self, steps: int, estimate: bool = False) -> float:
+        """GFLOPs of a video of ``steps`` frames: with f_L on every frame (AdaFocus+: the most it can cost), or with
+        ``estimate`` on the fraction of frames it ran on so far in this video (AdaFocus+'s unread frames are
+        unknown; exact for AdaFocus, and once every frame is read)."""
+        keep_fraction = self.local_frames / self.steps if estimate and self.steps else 1.0
+        return gflops_per_video(self.parts, steps, keep_fraction=keep_fraction)
 
     def step(self, frame: Any, frame_index: int | None = None) -> StepResult:
         """Read one frame (any form :func:`to_uint8_frame` takes); ``frame_index``: its index in the source

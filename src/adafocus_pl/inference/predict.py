@@ -296,8 +296,10 @@ class Predictor:
             "stride": self.stride, "num_frames": frames.num_frames, "steps_total": total,
             "exit_rule": None if rule is None else rule.as_dict(), "exit_step": recognizer.exit_step,
             "steps_read": last.step + 1, "frames_read": last.frames_read, "gflops": last.gflops,
-            "gflops_full": last.gflops if read_all else recognizer.full_gflops(total),
-            "gflops_full_is_bound": recognizer.rho is not None and not read_all,  # AdaFocus+: f_L on unread frames
+            # AdaFocus+ stopped early: the unread frames' f_L estimated at this video's rate so far
+            "gflops_full": recognizer.full_gflops(total, estimate=True),
+            "gflops_full_estimated": recognizer.rho is not None and not read_all,
+            "gflops_full_max": recognizer.full_gflops(total),  # f_L on every frame
             "prediction_step": final.step, "records": records,
         }
         keep = None if kept[0] is None else torch.tensor(kept)
@@ -324,17 +326,18 @@ def format_prediction(prediction: Prediction) -> str:
 
 def format_online(online: dict[str, Any]) -> str:
     """The online run in one line: the step the prediction is from, the frames and GFLOPs used against the full
-    video's (AdaFocus+ stopped early: f_L counted on every unread frame, an upper bound)."""
+    video's (AdaFocus+ stopped early: ``~``, an estimate, see :meth:`OnlineRecognizer.full_gflops`)."""
     steps, total, gflops, full = online["steps_read"], online["steps_total"], online["gflops"], online["gflops_full"]
     frames = (f"read {steps} of {total} {'sampled ' if online['stride'] is None else ''}frames (video frames up to "
               f"{online['frames_read']} of {online['num_frames']})")
-    cost = (f"{gflops:.4g} of {'at most ' if online['gflops_full_is_bound'] else ''}{full:.4g} GFLOPs "
-            f"({100 * gflops / full:.0f}%)" if full else f"{gflops:.4g} GFLOPs")
+    estimated = online["gflops_full_estimated"]
+    cost = (f"{gflops:.4g} of {'~' if estimated else ''}{full:.4g} GFLOPs ({100 * gflops / full:.0f}%"
+            f"{'; the unread frames through f_L at the rate of the frames read' if estimated else ''})")
     rule = online["exit_rule"]
     if rule is None:
         return f"online: prediction after the last step; {frames}, {cost}"
-    budget = "" if rule["budget"] is None else f" (budget {rule['budget']:g})"
-    at = f"exit at step {online['exit_step'] + 1} of {total}{budget}"
+    at = f"step {online['exit_step'] + 1} of {total}" + ("" if rule["budget"] is None else
+                                                         f" (budget {rule['budget']:g})")
     if steps == online["exit_step"] + 1:
-        return f"early {at}: {frames}, {cost}"
-    return f"early exit would stop at step {online['exit_step'] + 1} of {total}{budget}; {frames}, {cost}"
+        return f"early exit at {at}: {frames}, {cost}"
+    return f"early exit would stop at {at}; {frames}, {cost}"
