@@ -278,7 +278,7 @@ def predict_videos(videos: Sequence[str], overrides: Sequence[str], show_traceba
 
     def print_step(result, frames) -> None:
         if result.step == 0:
-            what = "segment centres" if frames.stride is None else f"every {frames.stride}. frame"
+            what = "segment centres" if frames.stride is None else f"one frame in {frames.stride}"
             print(f"{frames.path} (online, {what}: {frames.steps} steps over {frames.num_frames} frames):",
                   flush=True)
         print(format_step(result, frames.steps, frames.num_frames), flush=True)
