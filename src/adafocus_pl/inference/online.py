@@ -45,8 +45,9 @@ from adafocus_pl.data.transforms import normalize_on_device
 from adafocus_pl.evaluation.flops import cached_component_gflops, gflops_per_video
 from adafocus_pl.inference.early_exit import ExitRule, confidences
 from adafocus_pl.inference.predict import class_names as data_class_names
-from adafocus_pl.inference.predict import video_file_storage
+from adafocus_pl.inference.predict import saved_overrides, video_file_storage
 from adafocus_pl.models.contract import VideoNet, has_per_frame_blocks
+from adafocus_pl.utils.config import compose
 
 RHO_TOLERANCE = 1e-4  # a results row's rho and predict's rho are the same threshold within this
 
@@ -317,9 +318,6 @@ class OnlineRecognizer:
     def from_checkpoint(cls, ckpt_path: str | os.PathLike, overrides: Sequence[str] = (), **kwargs) -> OnlineRecognizer:
         """A recognizer for a checkpoint with the data config of its training run (read from its run directory,
         as ``predict`` reads it) and ``overrides`` on top (e.g. ``data.root=...`` for the class names)."""
-        from adafocus_pl.inference.predict import saved_overrides
-        from adafocus_pl.utils.config import compose
-
         cfg = compose("predict", saved_overrides(Path(ckpt_path)) + [f"ckpt_path={ckpt_path}", *overrides])
         return cls(load_checkpoint(ckpt_path), cfg.data, **kwargs)
 
