@@ -72,3 +72,24 @@ def write_frame_folder(
         box = boxes[k] if boxes is not None else None
         Image.fromarray(frame_image(k, height, width, box)).save(folder / template.format(first_index + k), quality=95)
     return folder
+
+
+class CountingContainer:
+    """Wraps a PyAV container and records the timestamps of the frames it decodes."""
+
+    def __init__(self, container, decoded: list):
+        self._container, self._decoded = container, decoded
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._container.__exit__(*exc)
+
+    def decode(self, *args, **kwargs):
+        for frame in self._container.decode(*args, **kwargs):
+            self._decoded.append(frame.pts)
+            yield frame
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)

@@ -11,7 +11,7 @@ import os
 
 import pytest
 import torch
-from helpers_video import level_to_index, write_frame_folder, write_video
+from helpers_video import CountingContainer, level_to_index, write_frame_folder, write_video
 
 from adafocus_pl.data.datamodule import VideoDataModule
 from adafocus_pl.data.datasets import Boxes, ClipDataset
@@ -137,27 +137,6 @@ def test_video_dataset_returns_the_sampled_frames(videos_root, mode):
     assert ds[1]["target"].tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
-class CountingContainer:
-    """Wraps a PyAV container and records the timestamps of the frames it decodes."""
-
-    def __init__(self, container, decoded: list):
-        self._container, self._decoded = container, decoded
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return self._container.__exit__(*exc)
-
-    def decode(self, *args, **kwargs):
-        for frame in self._container.decode(*args, **kwargs):
-            self._decoded.append(frame.pts)
-            yield frame
-
-    def __getattr__(self, name):
-        return getattr(self._container, name)
-
-
 @pytest.mark.parametrize(("seek_min_gap", "max_decoded"), [(20, 4 * 12), (10_000, 600)])
 def test_video_dataset_seeks_in_long_videos(videos_root, monkeypatch, seek_min_gap, max_decoded):
     ds = video_dataset(videos_root, "list.txt", SegmentSampler(4, "val"), num_classes=4, seek_min_gap=seek_min_gap)
@@ -177,6 +156,35 @@ def test_video_dataset_seeks_in_long_videos(videos_root, monkeypatch, seek_min_g
         assert len(decoded) < expected[-1] / 4
     else:
         assert len(decoded) == expected[-1] + 1
+
+
+def test_iter_clip_gives_read_clips_frames_one_at_a_time_decoding_only_up_to_the_one_asked_for(videos_root,
+                                                                                                  monkeypatch):
+    ds = video_dataset(videos_root, "list.txt", SegmentSampler(4, "val"), num_classes=4, seek_min_gap=20)
+    storage, record = ds.storage, ds.records[2]  # 600 frames, GOP 12: read with seeks
+    frames, indices = storage.read_clip(record, SegmentSampler(6, "val"))
+    pairs = list(storage.iter_clip(record, SegmentSampler(6, "val")))
+    assert [i for i, _ in pairs] == indices and torch.equal(torch.stack([f for _, f in pairs]), frames)
+
+    decoded: list = []
+    open_video = storage._open
+
+    def counting_open(r):
+        container, stream = open_video(r)
+        return CountingContainer(container, decoded), stream
+
+    monkeypatch.setattr(storage, "_open", counting_open)
+    all(storage.iter_clip(record, SegmentSampler(6, "val")))
+    everything, decoded[:] = len(decoded), []
+    lazily = storage.iter_clip(record, SegmentSampler(6, "val"))
+    next(lazily), next(lazily)
+    lazily.close()  # the consumer stops after two frames: at most a GOP decoded for each of them
+    assert 2 <= len(decoded) <= 2 * 12 < everything
+    with pytest.raises(ValueError, match="in increasing order"):
+        next(storage.iter_clip(record, lambda n: [5, 3]))
+    # a short video repeats its last frame as read_clip does
+    short = list(storage.iter_clip(ds.records[1], SegmentSampler(14, "val")))
+    assert [i for i, _ in short] == list(range(12)) + [11, 11]
 
 
 def test_video_boxes_follow_the_sampled_frames(videos_root):

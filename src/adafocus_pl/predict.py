@@ -16,6 +16,16 @@ before it); otherwise an argument with ``=`` is a Hydra override (``KEY=VALUE``)
 ``=`` in its name goes after ``--``. Options: ``--traceback`` shows the full Python traceback of each error (for bug
 reports).
 
+Online (``predict.online=true``; AdaFocus / AdaFocus+ checkpoints): the network steps frame by frame over the same
+frames, decoded one at a time, printing a line per step (frames read, the top-1 class, the confidence, the patch,
+AdaFocus+'s f_L kept / skipped); its last step's prediction is the offline one. ``predict.online_stride=k`` feeds
+every k-th frame instead (a stream-like run: the video's frame count / k steps). Early exit
+(``predict.exit_budget=B``, the thresholds ``python -m adafocus_pl.eval`` solved for budget B, read from
+``<run dir>/eval/results.json`` or ``predict.exit_from``; or ``predict.exit_thresholds=[...]``) implies the online
+run: it stops reading the video at the first step whose confidence passes its threshold, predicts from that step,
+and says how many frames and GFLOPs it used against the full video (``predict.exit_stop=false`` reads every frame
+all the same and only marks the step). Work: :mod:`adafocus_pl.inference.online`.
+
 Each video is predicted on its own: a missing, unreadable, non-video or too short one (fewer than
 ``data.min_frames`` frames, default 3, as in training) is reported in one line and the others are still predicted.
 Exit status: 0 when every video was predicted, 1 when some could not be (a summary at the end names them), 2 for a
@@ -136,6 +146,50 @@ def _check_options(options) -> None:
         raise UserError(f"predict.seed={options.seed}: give a whole number")
     if not isinstance(options.device, str):
         raise UserError(f"predict.device={options.device}: use auto, cpu or cuda[:N]")
+    if not isinstance(options.online, bool) or not isinstance(options.exit_stop, bool):
+        raise UserError(f"predict.online={options.online}, predict.exit_stop={options.exit_stop}: give true or false")
+    stride = options.online_stride
+    if stride is not None and (not whole(stride) or stride < 1):
+        raise UserError(f"predict.online_stride={stride}: give a whole number >= 1 (feed every k-th frame) or null")
+    budget = options.exit_budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 < budget <= 1):
+        raise UserError(f"predict.exit_budget={budget}: give a fraction of the full model's GFLOPs in (0, 1], e.g. "
+                        f"0.6, or null")
+    if budget is not None and options.exit_thresholds is not None:
+        raise UserError("give predict.exit_budget (thresholds read from eval's results) or predict.exit_thresholds, "
+                        "not both")
+    if options.exit_from is not None and budget is None:
+        raise UserError(f"predict.exit_from={options.exit_from} says where to read predict.exit_budget's thresholds: "
+                        f"set predict.exit_budget too")
+
+
+def _exit_rule(options, ckpt_path: Path, rho: float | None):
+    """The early-exit rule of ``predict.exit_thresholds`` or ``predict.exit_budget`` (read from eval's results:
+    ``predict.exit_from``, default ``<run dir>/eval/results.json``), or None."""
+    from adafocus_pl.eval import default_out_dir
+    from adafocus_pl.inference.early_exit import ExitRule
+    from adafocus_pl.inference.online import exit_rule_from_results
+
+    if options.exit_thresholds is not None:
+        values = options.exit_thresholds
+        try:
+            values = list(values)
+        except TypeError:
+            values = None
+        if not values or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))
+                             for v in values):
+            raise UserError(f"predict.exit_thresholds={options.exit_thresholds}: give one confidence per frame, "
+                            f"[c_1, ..., c_T] (numbers; null for -inf, e.g. the last)")
+        return ExitRule.from_dict({"thresholds": values, "budget": None})
+    if options.exit_budget is None:
+        return None
+    path = Path(options.exit_from) if options.exit_from else default_out_dir(ckpt_path) / "results.json"
+    try:
+        return exit_rule_from_results(path, float(options.exit_budget), rho,
+                                      eval_command=f"python -m adafocus_pl.eval ckpt_path={ckpt_path}")
+    except (OSError, ValueError) as err:
+        raise UserError(one_line(err)) from err
 
 
 def _setup(overrides: list[str]):
@@ -144,6 +198,7 @@ def _setup(overrides: list[str]):
     from omegaconf.errors import OmegaConfBaseException
 
     from adafocus_pl.checkpoint import CheckpointError, load_checkpoint
+    from adafocus_pl.inference.online import check_steps_online
     from adafocus_pl.inference.predict import Predictor, run_dir_of, saved_overrides
     from adafocus_pl.utils.device import resolve_device
 
@@ -180,6 +235,14 @@ def _setup(overrides: list[str]):
                                   rho=options.rho, seed=options.seed)
         except ValueError as err:
             raise UserError(one_line(err)) from err
+        # an exit rule implies the online run: early exit is a decision made after each frame
+        if options.online or any(options[k] is not None for k in ("online_stride", "exit_budget", "exit_thresholds")):
+            try:
+                check_steps_online(ckpt.net)  # before looking for exit thresholds it could not use
+                predictor.go_online(options.online_stride, _exit_rule(options, ckpt_path, predictor.rho),
+                                    options.exit_stop)
+            except ValueError as err:
+                raise UserError(one_line(err)) from err
         out_dir = Path(options.out_dir) if options.out_dir else run_dir_of(ckpt_path) / "predict"
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(one_line(err)) from err
@@ -199,6 +262,7 @@ def predict_videos(videos: Sequence[str], overrides: Sequence[str], show_traceba
     same. Raises :class:`UserError` (nothing predicted) for a problem with the checkpoint, overrides or options.
     """
     from adafocus_pl.data.datasets import LOAD_ERRORS
+    from adafocus_pl.inference.online import format_step
     from adafocus_pl.inference.predict import OutputNames, format_prediction, read_video
 
     predictor, out_dir = _setup(list(overrides))
@@ -212,7 +276,23 @@ def predict_videos(videos: Sequence[str], overrides: Sequence[str], show_traceba
         print(f"error: cannot predict {video}: {reason}", file=sys.stderr, flush=True)
         failures.append((video, reason))
 
+    def print_step(result, frames) -> None:
+        if result.step == 0:
+            what = "segment centres" if frames.stride is None else f"one frame in {frames.stride}"
+            print(f"{frames.path} (online, {what}: {frames.steps} steps over {frames.num_frames} frames):",
+                  flush=True)
+        print(format_step(result, frames.steps, frames.num_frames), flush=True)
+
     for video in videos:
+        if predictor.recognizer is not None:  # online: frames are read as the network steps
+            try:
+                prediction = predictor.predict_online(video, out_dir, names(video), on_step=print_step)
+            except LOAD_ERRORS as err:  # unreadable, too short, or writing its outputs
+                failed(video, err)
+                continue
+            print(format_prediction(prediction), flush=True)
+            results.append(prediction.as_dict())
+            continue
         try:
             sample = read_video(video, predictor.data_cfg, predictor.net.num_classes)
         except LOAD_ERRORS as err:  # missing, unreadable, not a video, too short

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -306,6 +306,46 @@ class VideoFileStorage(Storage):
             return torch.from_numpy(np.ascontiguousarray(video[indices])).permute(0, 3, 1, 2), indices
         return self._read_clip_decoded(record, choose)
 
+    def iter_clip(self, record: VideoRecord, choose: Choose, pad: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+        """:meth:`read_clip` one frame at a time (online recognition): ``(index, uint8 [3, H, W])`` for each index
+        ``choose(num_frames)`` picks, in that order, each decoded only when the consumer asks for it; a consumer
+        that stops early (or closes the iterator) never decodes the later frames. The indices must be
+        non-decreasing (the val/test sampling's are; a repeated index repeats its frame). ``pad=False`` drops
+        indices past the stream's real end (a header count that was too high) instead of repeating its last
+        frame. The decode cache is read when it holds the video, never filled."""
+        import av
+
+        video = None if self.cache is None else self.cache.lookup(record.path, self.video_path(record))
+        if video is not None:
+            for i in _checked_order(choose(self._count_checked(record, len(video)))):
+                yield i, torch.from_numpy(np.ascontiguousarray(video[i])).permute(2, 0, 1)
+            return
+        try:
+            container, stream = self._open(record)
+        except (av.FFmpegError, OSError, RuntimeError) as err:
+            raise self._decode_error(record, err) from err
+        with container:
+            try:
+                num_frames = self._frame_count(record, container, stream)
+                if num_frames < 1:
+                    raise RuntimeError("the video has no frames (an empty or failed encode)")
+                indices = _checked_order(choose(self._count_checked(record, num_frames)))
+                frames = self._decode_lazily(container, stream, indices, num_frames, pad=pad)
+                k = 0
+                for index, image in frames:
+                    while k < len(indices) and indices[k] == index:  # a repeated index: the same frame again
+                        yield index, image
+                        k += 1
+            except (av.FFmpegError, OSError, RuntimeError) as err:
+                raise self._decode_error(record, err) from err
+
+    def _decode_error(self, record: VideoRecord, err: BaseException) -> BaseException:
+        """What a failed read raises: a missing file as it is, anything else as a ``RuntimeError`` naming the
+        video, FFmpeg's reason and what to try."""
+        if isinstance(err, FileNotFoundError):
+            return err
+        return RuntimeError(f"cannot decode video {self.describe(record)}: {_av_reason(err)}. {DECODE_HINT}")
+
     def _read_clip_decoded(self, record: VideoRecord, choose: Choose | None, probe: bool = False):
         """Decode the sampled frames (with a cache that admits this video: every frame, stored, then sampled).
         ``probe``: decode only the first and the last frame, and fail if the stream ends well before the frame
@@ -328,10 +368,7 @@ class VideoFileStorage(Storage):
                     indices = list(range(num_frames)) if cache_all else choose(num_frames)
                 decoded = self._decode(container, stream, indices, num_frames, strict=probe)
         except (av.FFmpegError, OSError, RuntimeError) as err:
-            if isinstance(err, FileNotFoundError):
-                raise
-            raise RuntimeError(f"cannot decode video {self.describe(record)}: {_av_reason(err)}. {DECODE_HINT}") \
-                from err
+            raise self._decode_error(record, err) from err
         frames = torch.stack([decoded[i] for i in indices])
         if cache_all:
             self.cache.store(record.path, self.video_path(record), frames.permute(0, 2, 3, 1).contiguous().numpy())
@@ -343,6 +380,13 @@ class VideoFileStorage(Storage):
                 strict: bool = False) -> dict[int, torch.Tensor]:
         """Decode the frames ``indices`` (0-based, the class docstring's rule); frames past the real end repeat the
         last decoded frame (an error with ``strict``)."""
+        return dict(self._decode_lazily(container, stream, indices, num_frames, strict=strict))
+
+    def _decode_lazily(self, container, stream, indices: list[int], num_frames: int, strict: bool = False,
+                       pad: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+        """:meth:`_decode` one frame at a time: ``(index, frame)`` for each of the distinct ``indices`` in
+        increasing order, the decoder advancing only as far as the frame asked for. Without ``pad``, indices past
+        the stream's real end are dropped instead of repeating its last frame."""
         targets = sorted(set(indices))
         rate, time_base = stream.average_rate or stream.guessed_rate, stream.time_base
         start = stream.start_time or 0
@@ -350,7 +394,6 @@ class VideoFileStorage(Storage):
         can_seek = timed and num_frames > self.seek_min_gap
         pts_per_frame = Fraction(1) / (Fraction(rate) * Fraction(time_base)) if timed else None
 
-        out: dict[int, torch.Tensor] = {}
         frames = None  # the decode generator, resumed between targets
         pos, previous, last_key, gop = -1, None, None, 0
         k = 0
@@ -376,7 +419,7 @@ class VideoFileStorage(Storage):
                 if pos >= target:
                     image = _to_tensor(frame)
                     while k < len(targets) and targets[k] <= pos:
-                        out[targets[k]] = image
+                        yield targets[k], image
                         k += 1
                     break
             else:  # stream ended before `target`: the count was too high; repeat the last decoded frame
@@ -385,11 +428,17 @@ class VideoFileStorage(Storage):
                 if strict and pos + 1 < 0.95 * num_frames:  # header counts may be off by a few frames
                     raise RuntimeError(f"the stream ends at frame {pos} although the video has {num_frames} frames: "
                                        f"the file is truncated (download it again)")
-                image = _to_tensor(previous)
-                for t in targets[k:]:
-                    out[t] = image
-                break
-        return out
+                if pad:
+                    image = _to_tensor(previous)
+                    for t in targets[k:]:
+                        yield t, image
+                return
+
+
+def _checked_order(indices: list[int]) -> list[int]:
+    if any(b < a for a, b in zip(indices, indices[1:])):
+        raise ValueError(f"frames are read one at a time in increasing order, got the indices {indices}")
+    return list(indices)
 
 
 DECODE_HINT = (f"Check that it plays (ffprobe), re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4), or extract frames "
