@@ -7,11 +7,14 @@ import torch
 
 from adafocus_pl.inference.early_exit import (
     ExitRule,
+    ExitSchedule,
     cumulative_costs,
+    exit_fractions_for_budget,
     exit_steps,
     expected_cost,
     gather_steps,
     geometric_exit_fractions,
+    schedule_for_fractions,
     solve_exit_rule,
     thresholds_for_fractions,
 )
@@ -80,3 +83,23 @@ def test_bad_budgets_and_mismatched_steps_are_refused():
 def test_rule_round_trips_through_json_values():
     rule = ExitRule((0.9, 0.8, float("-inf")), 0.6)
     assert ExitRule.from_dict(rule.as_dict()) == rule
+
+
+@pytest.mark.parametrize("budget", [0.4, 0.6])
+def test_an_imposed_schedule_has_the_budgets_exit_distribution(budget):
+    costs = cumulative_costs(1.0, 4.0, 8, count=1)[0]
+    fractions = exit_fractions_for_budget(costs, budget)
+    assert expected_cost(fractions, costs) == pytest.approx(budget * float(costs[-1]), rel=1e-6)
+    schedule = schedule_for_fractions(fractions, 64)
+    counts = torch.bincount(torch.tensor(schedule.exit_steps), minlength=8).double() / 64
+    assert torch.allclose(counts, fractions, atol=1.0 / 64)
+    assert list(schedule.exit_steps) == sorted(schedule.exit_steps)
+    spent = float(costs[list(schedule.exit_steps)].mean())
+    assert abs(spent - budget * float(costs[-1])) < 0.05 * float(costs[-1])
+    # it answers for the videos still running, whatever their confidence
+    running = torch.tensor([0, 63])
+    assert schedule.exits_at(schedule.exit_steps[0], torch.zeros(2), running).tolist() == [True, False]
+    with pytest.raises(ValueError, match="running videos"):
+        schedule.exits_at(0, torch.zeros(2))
+    with pytest.raises(ValueError, match="0..3"):
+        ExitSchedule((0, 4), steps=4)
