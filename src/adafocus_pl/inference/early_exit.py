@@ -42,7 +42,8 @@ class ExitRule:
         return len(self.thresholds)
 
     def as_dict(self) -> dict:
-        return {"budget": self.budget, "thresholds": [None if math.isinf(v) else v for v in self.thresholds]}
+        """JSON values: the infinite thresholds as the strings "inf" (nobody leaves at that step) and "-inf"."""
+        return {"budget": self.budget, "thresholds": [str(v) if math.isinf(v) else v for v in self.thresholds]}
 
     @classmethod
     def from_dict(cls, record: dict) -> ExitRule:
