@@ -304,11 +304,13 @@ def test_bench_runs_on_a_tiny_config_and_its_figures_are_consistent(tmp_path, ca
 
     out = tmp_path / "bench.json"
     result = main(["data=synthetic", "model=adafocus_tiny", "--patch-sizes", "24,48", "--eta", "0.5",
-                   "--frames", "4", "--batch", "2", "--repeats", "2", "--warmup", "1", "--json", str(out),
+                   "--frames", "4", "--batch", "3", "--repeats", "2", "--warmup", "1", "--json", str(out),
+                   "--exit-budget", "0.6",
                    "--no-keep-freed-memory"])  # mallopt is process-wide: not in the test process (see below)
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["full frame: tiny_glance + tiny_local", "full frame: tiny_local", "AdaFocus P=24",
-                          "AdaFocus P=48", "AdaFocus+ P=32 eta=0.5"]
+                          "AdaFocus P=48", "AdaFocus+ P=32 eta=0.5", "AdaFocus P=32",
+                          "AdaFocus P=32 frame by frame, no exit", "AdaFocus P=32 early exit (budget 60%)"]
     reference = result["rows"][0]
     assert reference["flops_ratio"] == 1.0 and reference["latency_speedup"] == 1.0
     for row in result["rows"]:
@@ -323,6 +325,14 @@ def test_bench_runs_on_a_tiny_config_and_its_figures_are_consistent(tmp_path, ca
     # FLOPs grow with P; AdaFocus+ at eta=0.5 costs less than AdaFocus at the same P would
     assert rows["AdaFocus P=24"]["gflops_per_video"] < rows["AdaFocus P=48"]["gflops_per_video"]
     assert rows["AdaFocus P=48"]["gflops_per_video"] < reference["gflops_per_video"]
+    # early exit, imposed: the batch's videos stop at the budget's geometric distribution, paired against P=32
+    stepwise, exits = rows["AdaFocus P=32 frame by frame, no exit"], rows["AdaFocus P=32 early exit (budget 60%)"]
+    assert stepwise["exit_steps"] == {"latency": [3], "throughput": [3, 3, 3]}
+    assert stepwise["gflops_per_video"] == pytest.approx(rows["AdaFocus P=32"]["gflops_per_video"])
+    assert exits["exit_steps"]["throughput"] == sorted(exits["exit_steps"]["throughput"]) != [3, 3, 3]
+    assert exits["flops_ratio_vs_full_path"] > 1.0 and exits["full_path"] == "AdaFocus P=32"
+    paired = [full / own for full, own in zip(rows["AdaFocus P=32"]["batch_runs_s"], exits["batch_runs_s"])]
+    assert exits["throughput_speedup_vs_full_path"] == pytest.approx(float(np.median(paired)))
     assert set(result["spread"]) == {"latency", "throughput"} and all(v >= 0 for v in result["spread"].values())
     saved = json.loads(out.read_text())
     assert saved["spread"] == result["spread"]
@@ -330,6 +340,7 @@ def test_bench_runs_on_a_tiny_config_and_its_figures_are_consistent(tmp_path, ca
     assert [r["method"] for r in saved["rows"]] == list(rows)
     printed = capsys.readouterr().out
     assert "| AdaFocus P=48 |" in printed and "speed-up" in printed and "run-to-run spread" in printed
+    assert "| AdaFocus P=32 early exit (budget 60%) vs AdaFocus P=32 |" in printed
 
 
 def test_keep_freed_memory_applies_to_a_fresh_process():
@@ -352,6 +363,10 @@ def test_bench_rejects_bad_settings():
         main(["--batch", "0", "--json", ""])
     with pytest.raises(SystemExit, match="--glance-chunk"):
         main(["--glance-chunk", "-1", "--json", ""])
+    with pytest.raises(SystemExit, match="--exit-budget"):
+        main(["--exit-budget", "1.5", "--json", ""])
+    with pytest.raises(SystemExit, match="give --exit-budget"):
+        main(["--checkpoint", "x.ckpt", "--json", ""])
     with pytest.raises(SystemExit):
         main(["--patch-sizes", "big"])
 
