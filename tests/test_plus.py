@@ -12,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adafocus_pl.eval import run as run_eval
+from adafocus_pl.inference.benchmark import run_checkpoint_exit_benchmark
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.skipping import batch_keep_mask, solve_rho, solve_rhos
 from adafocus_pl.stages.rewards import skip_reward
 from adafocus_pl.stages.runner import run_stage
+from tests.conftest import tiny_overrides
 
 
 def tiny_plus_net(**kwargs) -> AdaFocusNet:
@@ -158,7 +160,7 @@ def test_plus_stage3_from_a_plain_stage2_is_a_clear_error(plus_chain, tmp_path):
         run_stage(cfg)
 
 
-def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(plus_chain, tmp_path):
+def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(plus_chain, tiny_synthetic, tmp_path):
     dirs, make = plus_chain
     cfg = make("plus=on", f"ckpt_path={dirs['stage3_plus'] / 'checkpoints' / 'last.ckpt'}",
                f"eval.out_dir={tmp_path / 'eval'}", "eval.etas=[0.9,0.5]", "logger=default", config="eval")
@@ -187,6 +189,15 @@ def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(pl
         assert exits[0]["gflops_per_video"] < exits[-1]["gflops_per_video"]
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert [r["method"] for r in saved["rows"]] == [r["method"] for r in result["rows"]]
+    # the fast path with the saved thresholds stops each test video where eval did: the same top-1 and GFLOPs
+    timed = run_checkpoint_exit_benchmark(cfg.ckpt_path, 0.5, batch_size=4, repeats=1, warmup=0,
+                                          overrides=tiny_overrides(tiny_synthetic, tmp_path / "logs"),
+                                          results_path=tmp_path / "eval" / "results.json", progress=False)
+    row = rows["AdaFocus early exit (budget 50%)"]
+    assert timed["top1"]["early exit"] == row["top1"] and timed["top1"]["whole clip"] == pytest.approx(
+        rows["AdaFocus (learned policy)"]["top1"])
+    assert timed["gflops_per_video"]["early exit"] == pytest.approx(row["gflops_per_video"])
+    assert timed["mean_frames_read"] == pytest.approx(row["mean_frames_read"]) and timed["videos"] == 8
     for name in ("accuracy_vs_gflops.png", "online.png", "patches.png", "patches_plus.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 1000, name
     assert "| AdaFocus+ (eta=0.5) |" in (tmp_path / "eval" / "results.md").read_text()
