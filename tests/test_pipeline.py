@@ -12,9 +12,9 @@ import pytest
 from adafocus_pl import pipeline
 from tests.conftest import tiny_overrides
 
-METHODS = ["AdaFocus (learned policy)", "glance only", "random patches", "centre patches", "Gaussian patches",
-           "AdaFocus+ network, f_L on every frame", "AdaFocus+ (eta=0.9)", "AdaFocus+ (eta=0.7)",
-           "AdaFocus+ (eta=0.5)"]
+METHODS = ["AdaFocus (learned policy)", "AdaFocus early exit (budget 60%)", "glance only", "random patches",
+           "centre patches", "Gaussian patches", "AdaFocus+ network, f_L on every frame", "AdaFocus+ (eta=0.9)",
+           "AdaFocus+ (eta=0.7)", "AdaFocus+ (eta=0.5)", "AdaFocus+ (eta=0.5) early exit (budget 60%)"]
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
 
 
@@ -42,6 +42,14 @@ def test_pipeline_runs_the_chain_and_writes_results(pipeline_run):
     assert rows["AdaFocus+ (eta=0.5)"]["keep_fraction"] < rows["AdaFocus+ (eta=0.9)"]["keep_fraction"]
     assert rows["glance only"]["hit_rate"] is None  # glance-only crops no patch
     assert len(rows["AdaFocus (learned policy)"]["online"]) == 8
+    # early exit (pipeline.exit_budget=0.6 in the table; every budget of both curves in results.json and the figure)
+    assert flops["AdaFocus early exit (budget 60%)"] < flops["AdaFocus (learned policy)"]
+    assert flops["AdaFocus+ (eta=0.5) early exit (budget 60%)"] < flops["AdaFocus+ (eta=0.5)"]
+    curves = summary["early_exit_rows"]
+    assert [(r["family"], r["budget"]) for r in curves] == [
+        (family, budget) for family in ("AdaFocus early exit", "AdaFocus+ (eta=0.5) early exit")
+        for budget in (0.3, 0.4, 0.5, 0.6, 0.8)]
+    assert "| AdaFocus early exit (budget 60%) |" in (out_dir / "results.md").read_text()
     text = (out_dir / "results.md").read_text()
     assert "| AdaFocus (learned policy) |" in text and "| AdaFocus+ (eta=0.5) |" in text
     for name in ("accuracy_vs_gflops.png", "online.png"):
