@@ -10,8 +10,8 @@
 6. a results table on the test split (top-1, mAP, GFLOPs per video, share of frames through f_L, patch hit rate and
    coverage) with an accuracy-vs-GFLOPs plot, written as ``results.json`` / ``results.md`` /
    ``accuracy_vs_gflops.png`` / ``online.png`` in the pipeline's run directory. Of the evaluations' early-exit
-   rows, the table shows those at ``pipeline.exit_budget`` (AdaFocus, and AdaFocus+ at its smallest eta); the
-   figure draws their whole curves over ``eval.exit_budgets``.
+   rows, the table shows one for AdaFocus and one for AdaFocus+ at its smallest eta (``pipeline.exit_budget``,
+   :func:`summary_exit_row`); the figure draws their whole curves over ``eval.exit_budgets``.
 
 The steps are those of the plan (:data:`adafocus_pl.plan.PLAN`, one run directory each:
 :func:`adafocus_pl.plan.run_directory`). They form a graph (after Stage I, the AdaFocus chain, the AdaFocus+
@@ -94,6 +94,36 @@ def baseline_row(overrides: list[str], job: Job) -> dict:
             "hit_rate": metrics.get("test/hit_rate"), "coverage": metrics.get("test/coverage"),
             "gflops_per_video": gflops_per_video(parts, cfg.data.num_segments, use_local=uses_local),
             "keep_fraction": 1.0 if uses_local else 0.0}
+
+
+EXIT_TOLERANCE = 0.01  # pipeline.exit_budget=auto: the metric may fall this far below the full model's (1 point)
+
+
+def summary_exit_row(rows: Sequence[dict], budget: float | str | None, metric: str) -> dict | None:
+    """The early-exit row of one family that make train's table shows. ``budget`` "auto": the smallest budget whose
+    ``metric`` on the threshold split is within :data:`EXIT_TOLERANCE` of the full model's there (the largest
+    budget when none is), so that the choice never looks at the test split; a number: that budget's row; None:
+    none."""
+    if not rows or budget is None:
+        return None
+    if budget == "auto":
+        full = rows[0][f"full_{metric}_on_threshold_split"]
+        close = [r for r in rows if r[f"{metric}_on_threshold_split"] >= full - EXIT_TOLERANCE - 1e-9]
+        return min(close, key=lambda r: r["budget"]) if close else max(rows, key=lambda r: r["budget"])
+    return next((r for r in rows if abs(r["budget"] - float(budget)) < 1e-9), None)
+
+
+def check_exit_budget(value) -> None:
+    """``pipeline.exit_budget`` is auto, null or a fraction in (0, 1]: refused before any step runs."""
+    if value is None or value == "auto":
+        return
+    try:
+        ok = 0.0 < float(value) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SystemExit(f"error: pipeline.exit_budget={value}: give auto, null or one of eval.exit_budgets "
+                         f"(a fraction of the GFLOPs in (0, 1], e.g. 0.6)")
 
 
 def write_summary(overrides: list[str], rows: list[dict], eval_paths: list[str], out_dir: str,
@@ -244,8 +274,8 @@ class Pipeline:
 
     def rows(self) -> tuple[list[dict], list[str], list[dict]]:
         """The results table (AdaFocus's rows, the baselines, AdaFocus+'s eta curve, each variant followed by its
-        early-exit row at ``pipeline.exit_budget``), the evaluations' results.md, and the early-exit curves drawn
-        in the figure: AdaFocus's and AdaFocus+'s at the smallest eta, every budget."""
+        early-exit row, :func:`summary_exit_row`), the evaluations' results.md, and the early-exit curves drawn in
+        the figure: AdaFocus's and AdaFocus+'s at the smallest eta, every budget."""
         rows, eval_paths, exits = [], [], {False: [], True: []}
         for job in self.jobs:
             if job.kind == EVAL:
@@ -263,9 +293,10 @@ class Pipeline:
                     rows.append({**row, "run_dir": str(job.directory)})
                 eval_paths.append(str(result["paths"]["md"]))
         budget = OmegaConf.select(self.cfg, "pipeline.exit_budget", default=None)
-        shown = {plus: [row for row in found if budget is not None and abs(row["budget"] - float(budget)) < 1e-9]
-                 for plus, found in exits.items()}
-        if budget is not None and any(found and not shown[plus] for plus, found in exits.items()):
+        metric = "mAP" if str(self.cfg.monitor).endswith("mAP") else "top1"
+        picked = {plus: summary_exit_row(found, budget, metric) for plus, found in exits.items()}
+        shown = {plus: [] if row is None else [row] for plus, row in picked.items()}
+        if budget is not None and any(found and picked[plus] is None for plus, found in exits.items()):
             self.say(f"pipeline.exit_budget={budget} is not one of eval.exit_budgets: no early-exit row in the table")
         plain = [row for row in rows if row["family"] != "AdaFocus+"]
         plus = [row for row in rows if row["family"] == "AdaFocus+"]
@@ -283,6 +314,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     user = list(sys.argv[1:] if argv is None else argv)
     cfg = compose("train", user)
+    check_exit_budget(OmegaConf.select(cfg, "pipeline.exit_budget", default=None))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # AdaFocus+ runs beside AdaFocus where the architecture can skip frames (not AdaFocus-TSM)
     plus = architecture_class(architecture_of(cfg.model)).supports_skip_policy
