@@ -146,6 +146,19 @@ def test_plot_accuracy_vs_gflops_writes_png_with_a_legend_per_family(tmp_path):
     assert {t.get_text() for t in ax.texts} == {"P=96", "P=128", "P=160", "η=0.5", "η=0.7"}
 
 
+def test_early_exit_families_are_dashed_curves_in_their_source_familys_colour():
+    points = POINTS + [{"family": "AdaFocus early exit", "gflops": g, "value": v, "label": f"{b}%"}
+                       for g, v, b in ((8.0, 60.0, 30), (16.0, 69.0, 60))]
+    points.append({"family": "AdaFocus+ (eta=0.5) early exit", "gflops": 5.0, "value": 61.0})
+    lines = {line.get_label(): line for line in _accuracy_vs_gflops_figure(points).axes[0].get_lines()}
+    exit_line = lines["AdaFocus early exit"]
+    assert exit_line.get_linestyle() == "--" and exit_line.get_color() == lines["AdaFocus"].get_color()
+    assert exit_line.get_marker() == "o" and exit_line.get_markerfacecolor() == "none"
+    assert lines["AdaFocus"].get_linestyle() == "-"
+    assert lines["AdaFocus+ (eta=0.5) early exit"].get_color() not in {lines[n].get_color() for n in lines
+                                                                       if n != "AdaFocus+ (eta=0.5) early exit"}
+
+
 def test_plot_accuracy_vs_gflops_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         plot_accuracy_vs_gflops([], tmp_path / "e.png")

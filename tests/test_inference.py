@@ -128,6 +128,62 @@ def test_fast_path_errors_are_clear():
     assert BACKENDS == ("eager", "compile", "script")
 
 
+def _between(values: torch.Tensor) -> float:
+    """A threshold halfway between the two middle values: no value lies on it, whatever the rounding."""
+    ordered = values.flatten().sort().values
+    middle = len(ordered) // 2
+    return float(ordered[middle - 1] + ordered[middle]) / 2
+
+
+@pytest.mark.parametrize("variant", ["gru", "fc", "plus"])
+def test_fast_path_with_an_exit_rule_stops_where_the_offline_forward_would(variant):
+    from adafocus_pl.inference.early_exit import ExitRule, confidences, exit_steps, gather_steps
+
+    net = tiny_net(**{"gru": {}, "fc": {"classifier": "fc"}, "plus": {"skip_policy": True}}[variant])
+    x = frames(batch=8, steps=5)
+    rho = None
+    with torch.no_grad():
+        if variant == "plus":
+            rho = _between(torch.sigmoid(net(x).skip_logits))
+        reference = net(x, rho=rho)
+    confidence = confidences(torch.softmax(reference.logits, dim=-1))
+    rule = ExitRule(tuple(_between(confidence[:, t]) for t in range(4)) + (float("-inf"),))
+    expected = exit_steps(confidence, rule)
+    assert expected.unique().numel() >= 3  # videos leave at different steps
+    engine = FastAdaFocus(net, rho=rho, exit_rule=rule)
+    glance_batches, local_batches = [], []
+    engine.glance.register_forward_pre_hook(lambda module, args: glance_batches.append(args[0].shape[0]))
+    engine.local.register_forward_pre_hook(lambda module, args: local_batches.append(args[0].shape[0]))
+    out = engine(x)
+    assert torch.equal(out.exit_steps, expected)
+    torch.testing.assert_close(out.logits[:, -1], gather_steps(reference.logits, expected), atol=1e-4, rtol=1e-4)
+    # only the frames up to each video's exit were read: the batch shrinks step by step
+    assert glance_batches == [int((expected >= t).sum()) for t in range(int(expected.max()) + 1)]
+    read = torch.arange(5) <= expected[:, None]
+    assert torch.equal(out.actions[read], reference.actions[read]) and out.actions[~read].eq(-1).all()
+    if variant == "plus":
+        assert torch.equal(out.keep, reference.keep & read)
+        assert sum(local_batches) == int(out.keep.sum()) < int(read.sum())
+    else:
+        assert sum(local_batches) == int(read.sum())
+    # no exit before the last step: the same predictions as the whole-clip path
+    late = FastAdaFocus(net, rho=rho, exit_rule=ExitRule((2.0,) * 4 + (float("-inf"),)))(x)
+    assert late.exit_steps.eq(4).all()
+    torch.testing.assert_close(late.logits, FastAdaFocus(net, rho=rho)(x).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_path_with_an_exit_schedule_stops_each_video_where_imposed():
+    from adafocus_pl.inference.early_exit import ExitRule, ExitSchedule
+
+    net = tiny_net(skip_policy=True)
+    out = FastAdaFocus(net, exit_rule=ExitSchedule((2, 0, 3, 0), steps=4))(frames(batch=4, steps=4))
+    assert out.exit_steps.tolist() == [2, 0, 3, 0] and out.offsets[1, 1:].eq(-1).all()
+    with pytest.raises(ValueError, match="give rho"):
+        FastAdaFocus(net, eta=0.5, exit_rule=ExitSchedule((0,), steps=4))
+    with pytest.raises(ValueError, match="data.num_segments=3"):
+        FastAdaFocus(net, exit_rule=ExitRule((0.5, float("-inf"))))(frames(batch=2, steps=3))
+
+
 def test_gru_scan_equals_the_training_cell_step_by_step():
     torch.manual_seed(0)
     cell = torch.nn.GRUCell(12, 7)
@@ -138,6 +194,10 @@ def test_gru_scan_equals_the_training_cell_step_by_step():
         expected.append(h)
     with torch.no_grad():
         torch.testing.assert_close(GRUScan(cell)(x), torch.stack(expected, 1), atol=1e-6, rtol=1e-5)
+        scan, h = GRUScan(cell), None
+        for t in range(5):  # one step at a time (the early-exit path)
+            h = scan.step(x[:, t], h)
+            torch.testing.assert_close(h, expected[t], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -246,11 +306,13 @@ def test_bench_runs_on_a_tiny_config_and_its_figures_are_consistent(tmp_path, ca
 
     out = tmp_path / "bench.json"
     result = main(["data=synthetic", "model=adafocus_tiny", "--patch-sizes", "24,48", "--eta", "0.5",
-                   "--frames", "4", "--batch", "2", "--repeats", "2", "--warmup", "1", "--json", str(out),
+                   "--frames", "4", "--batch", "3", "--repeats", "2", "--warmup", "1", "--json", str(out),
+                   "--exit-budget", "0.6",
                    "--no-keep-freed-memory"])  # mallopt is process-wide: not in the test process (see below)
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["full frame: tiny_glance + tiny_local", "full frame: tiny_local", "AdaFocus P=24",
-                          "AdaFocus P=48", "AdaFocus+ P=32 eta=0.5"]
+                          "AdaFocus P=48", "AdaFocus+ P=32 eta=0.5", "AdaFocus P=32",
+                          "AdaFocus P=32 frame by frame, no exit", "AdaFocus P=32 early exit (budget 60%)"]
     reference = result["rows"][0]
     assert reference["flops_ratio"] == 1.0 and reference["latency_speedup"] == 1.0
     for row in result["rows"]:
@@ -265,6 +327,14 @@ def test_bench_runs_on_a_tiny_config_and_its_figures_are_consistent(tmp_path, ca
     # FLOPs grow with P; AdaFocus+ at eta=0.5 costs less than AdaFocus at the same P would
     assert rows["AdaFocus P=24"]["gflops_per_video"] < rows["AdaFocus P=48"]["gflops_per_video"]
     assert rows["AdaFocus P=48"]["gflops_per_video"] < reference["gflops_per_video"]
+    # early exit, imposed: the batch's videos stop at the budget's geometric distribution, paired against P=32
+    stepwise, exits = rows["AdaFocus P=32 frame by frame, no exit"], rows["AdaFocus P=32 early exit (budget 60%)"]
+    assert stepwise["exit_steps"] == {"latency": [3], "throughput": [3, 3, 3]}
+    assert stepwise["gflops_per_video"] == pytest.approx(rows["AdaFocus P=32"]["gflops_per_video"])
+    assert exits["exit_steps"]["throughput"] == sorted(exits["exit_steps"]["throughput"]) != [3, 3, 3]
+    assert exits["flops_ratio_vs_full_path"] > 1.0 and exits["full_path"] == "AdaFocus P=32"
+    paired = [full / own for full, own in zip(rows["AdaFocus P=32"]["batch_runs_s"], exits["batch_runs_s"])]
+    assert exits["throughput_speedup_vs_full_path"] == pytest.approx(float(np.median(paired)))
     assert set(result["spread"]) == {"latency", "throughput"} and all(v >= 0 for v in result["spread"].values())
     saved = json.loads(out.read_text())
     assert saved["spread"] == result["spread"]
@@ -272,6 +342,7 @@ def test_bench_runs_on_a_tiny_config_and_its_figures_are_consistent(tmp_path, ca
     assert [r["method"] for r in saved["rows"]] == list(rows)
     printed = capsys.readouterr().out
     assert "| AdaFocus P=48 |" in printed and "speed-up" in printed and "run-to-run spread" in printed
+    assert "| AdaFocus P=32 early exit (budget 60%) vs AdaFocus P=32 |" in printed
 
 
 def test_keep_freed_memory_applies_to_a_fresh_process():
@@ -294,6 +365,10 @@ def test_bench_rejects_bad_settings():
         main(["--batch", "0", "--json", ""])
     with pytest.raises(SystemExit, match="--glance-chunk"):
         main(["--glance-chunk", "-1", "--json", ""])
+    with pytest.raises(SystemExit, match="--exit-budget"):
+        main(["--exit-budget", "1.5", "--json", ""])
+    with pytest.raises(SystemExit, match="give --exit-budget"):
+        main(["--checkpoint", "x.ckpt", "--json", ""])
     with pytest.raises(SystemExit):
         main(["--patch-sizes", "big"])
 

@@ -12,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adafocus_pl.eval import run as run_eval
+from adafocus_pl.inference.benchmark import run_checkpoint_exit_benchmark
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.skipping import batch_keep_mask, solve_rho, solve_rhos
 from adafocus_pl.stages.rewards import skip_reward
 from adafocus_pl.stages.runner import run_stage
+from tests.conftest import tiny_overrides
 
 
 def tiny_plus_net(**kwargs) -> AdaFocusNet:
@@ -158,7 +160,7 @@ def test_plus_stage3_from_a_plain_stage2_is_a_clear_error(plus_chain, tmp_path):
         run_stage(cfg)
 
 
-def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(plus_chain, tmp_path):
+def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(plus_chain, tiny_synthetic, tmp_path):
     dirs, make = plus_chain
     cfg = make("plus=on", f"ckpt_path={dirs['stage3_plus'] / 'checkpoints' / 'last.ckpt'}",
                f"eval.out_dir={tmp_path / 'eval'}", "eval.etas=[0.9,0.5]", "logger=default", config="eval")
@@ -172,11 +174,34 @@ def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(pl
         assert abs(row["keep_fraction_on_threshold_split"] - eta) < 1 / (24 * 8) + 1e-9
         assert len(row["online"]) == 8
     assert rows["AdaFocus+ (eta=0.5)"]["gflops_per_video"] < rows["AdaFocus+ (eta=0.9)"]["gflops_per_video"]
+    # early exit (eval.exit_budgets): one row per budget for the main row and each eta row
+    for source in ("AdaFocus", "AdaFocus+ (eta=0.9)", "AdaFocus+ (eta=0.5)"):
+        full = rows["AdaFocus (learned policy)" if source == "AdaFocus" else source]
+        exits = [r for r in result["rows"] if r["family"] == f"{source} early exit"]
+        assert [r["budget"] for r in exits] == [0.3, 0.4, 0.5, 0.6, 0.8]
+        for row in exits:
+            assert row["full_gflops_per_video"] == pytest.approx(full["gflops_per_video"])
+            assert row["gflops_per_video"] < full["gflops_per_video"]
+            assert 1.0 <= row["mean_frames_read"] < 8.0 and sum(row["exit_fractions"]) == pytest.approx(1.0)
+            # solved on the 24 training videos: each one moves the mean cost by at most 1/24 of the full cost
+            spent = row["gflops_on_threshold_split"] / row["full_gflops_on_threshold_split"]
+            assert abs(spent - row["budget"]) <= 2 / 24, (row["method"], spent)
+        assert exits[0]["gflops_per_video"] < exits[-1]["gflops_per_video"]
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert [r["method"] for r in saved["rows"]] == [r["method"] for r in result["rows"]]
+    # the fast path with the saved thresholds stops each test video where eval did: the same top-1 and GFLOPs
+    timed = run_checkpoint_exit_benchmark(cfg.ckpt_path, 0.5, batch_size=4, repeats=1, warmup=0,
+                                          overrides=tiny_overrides(tiny_synthetic, tmp_path / "logs"),
+                                          results_path=tmp_path / "eval" / "results.json", progress=False)
+    row = rows["AdaFocus early exit (budget 50%)"]
+    assert timed["top1"]["early exit"] == row["top1"] and timed["top1"]["whole clip"] == pytest.approx(
+        rows["AdaFocus (learned policy)"]["top1"])
+    assert timed["gflops_per_video"]["early exit"] == pytest.approx(row["gflops_per_video"])
+    assert timed["mean_frames_read"] == pytest.approx(row["mean_frames_read"]) and timed["videos"] == 8
     for name in ("accuracy_vs_gflops.png", "online.png", "patches.png", "patches_plus.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 1000, name
     assert "| AdaFocus+ (eta=0.5) |" in (tmp_path / "eval" / "results.md").read_text()
+    assert "| AdaFocus+ (eta=0.5) early exit (budget 60%) |" in (tmp_path / "eval" / "results.md").read_text()
     # the table and figures went to an offline W&B run (job type eval) in the output directory
     runs = list((tmp_path / "eval" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 1000
@@ -184,3 +209,4 @@ def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(pl
     assert len(list((media / "images" / "eval").glob("*.png"))) == 4
     table = json.loads(next((media / "table" / "eval").glob("results_*.table.json")).read_text())
     assert [r[0] for r in table["data"]] == [r["method"] for r in result["rows"]]
+

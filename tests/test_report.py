@@ -97,3 +97,18 @@ def test_the_command_line_writes_the_report(runs, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "AdaFocus+ mAP (%)" in (out / "report.md").read_text()
+
+
+def test_make_trains_early_exit_rows_are_one_line_per_family_whatever_budget_each_seed_chose():
+    from adafocus_pl.evaluation.report import pipeline_markdown
+
+    def table(seed, budget, top1):
+        return {"patch_size": 32, "seed": seed, "rows": [
+            {"method": "AdaFocus (learned policy)", "family": "AdaFocus", "top1": 0.99, "gflops_per_video": 0.04,
+             "keep_fraction": 1.0},
+            {"method": f"AdaFocus early exit (budget {100 * budget:g}%)", "family": "AdaFocus early exit",
+             "budget": budget, "top1": top1, "gflops_per_video": budget * 0.04, "keep_fraction": budget}]}
+
+    lines = pipeline_markdown([table(0, 0.3, 0.98), table(1, 0.4, 0.96)], "top1").splitlines()
+    assert len(lines) == 4
+    assert lines[3] == "| 32 | AdaFocus early exit (budget 30%, 40%) | 0, 1 | 97.0 ± 1.4 | 0.014 | 35.0 |"

@@ -35,7 +35,8 @@ def log_to_wandb(cfg: DictConfig, result: dict[str, Any], paths: dict[str, Path]
     from adafocus_pl.utils.wandb_run import finish_wandb
 
     settings = cfg.logger.wandb
-    columns = ["method", "top1", "mAP", "gflops_per_video", "keep_fraction", "hit_rate", "coverage"]
+    columns = ["method", "top1", "mAP", "gflops_per_video", "keep_fraction", "hit_rate", "coverage", "budget",
+               "mean_frames_read"]
     try:
         run = wandb.init(project=settings.project, group=settings.group, job_type="eval",
                          name=f"eval-{Path(cfg.ckpt_path).stem}-{settings.name}", dir=str(out_dir),
@@ -44,7 +45,7 @@ def log_to_wandb(cfg: DictConfig, result: dict[str, Any], paths: dict[str, Path]
                          reinit="finish_previous")
         online = wandb.Table(columns=["method", "frames", "gflops", "top1", "mAP"],
                              data=[[r["method"], p["frames"], p["gflops"], p["top1"], p["mAP"]]
-                                   for r in result["rows"] for p in r["online"]])
+                                   for r in result["rows"] for p in r.get("online", ())])  # early exit: none
         run.log({
             "eval/results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in result["rows"]]),
             "eval/online": online,
@@ -60,8 +61,14 @@ def log_to_wandb(cfg: DictConfig, result: dict[str, Any], paths: dict[str, Path]
 def run(cfg: DictConfig) -> dict[str, Any]:
     from adafocus_pl.checkpoint import load_checkpoint
     from adafocus_pl.evaluation.evaluate import evaluate_checkpoint, results_markdown, write_results
+    from adafocus_pl.inference.early_exit import check_budgets
     from adafocus_pl.preflight import generated_data_problems, raise_if
 
+    try:
+        exit_budgets = check_budgets(cfg.eval.exit_budgets or [])
+    except (TypeError, ValueError) as err:
+        raise_if([f"eval.exit_budgets={cfg.eval.exit_budgets}: {err} (e.g. eval.exit_budgets=[0.4,0.6]; [] for "
+                  f"no early-exit rows)"])
     ckpt = load_checkpoint(cfg.ckpt_path)
     if ckpt.net.num_classes != cfg.data.num_classes:
         raise_if([f"{cfg.ckpt_path} has {ckpt.net.num_classes} classes but data={cfg.data.name} has "
@@ -77,7 +84,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metric = "mAP" if str(cfg.monitor).endswith("mAP") else "top1"
     result = evaluate_checkpoint(ckpt, datamodule, split=cfg.eval.split, threshold_split=cfg.eval.threshold_split,
                                  fixed_policies=None if cfg.eval.fixed_policies is None else list(cfg.eval.fixed_policies), etas=list(cfg.eval.etas),
-                                 device=resolve_device(cfg.eval.device, "eval.device"), seed=cfg.seed)
+                                 device=resolve_device(cfg.eval.device, "eval.device"), seed=cfg.seed,
+                                 exit_budgets=exit_budgets)
     result.update({"checkpoint": str(cfg.ckpt_path), "stage": ckpt.stage, "split": cfg.eval.split,
                    "experiment": cfg.experiment_name, "frames_per_video": cfg.data.num_segments})
     title = f"{cfg.experiment_name} P={ckpt.net.patch_size} stage {ckpt.stage}, {cfg.eval.split} split"

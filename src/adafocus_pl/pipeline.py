@@ -9,7 +9,9 @@
 5. ``adafocus_pl.eval`` on the AdaFocus and AdaFocus+ Stage III checkpoints (online curves, rho per eta, figures);
 6. a results table on the test split (top-1, mAP, GFLOPs per video, share of frames through f_L, patch hit rate and
    coverage) with an accuracy-vs-GFLOPs plot, written as ``results.json`` / ``results.md`` /
-   ``accuracy_vs_gflops.png`` / ``online.png`` in the pipeline's run directory.
+   ``accuracy_vs_gflops.png`` / ``online.png`` in the pipeline's run directory. Of the evaluations' early-exit
+   rows, the table shows one for AdaFocus and one for AdaFocus+ at its smallest eta (``pipeline.exit_budget``,
+   :func:`summary_exit_row`); the figure draws their whole curves over ``eval.exit_budgets``.
 
 The steps are those of the plan (:data:`adafocus_pl.plan.PLAN`, one run directory each:
 :func:`adafocus_pl.plan.run_directory`). They form a graph (after Stage I, the AdaFocus chain, the AdaFocus+
@@ -25,6 +27,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,19 +96,52 @@ def baseline_row(overrides: list[str], job: Job) -> dict:
             "keep_fraction": 1.0 if uses_local else 0.0}
 
 
+EXIT_TOLERANCE = 0.01  # pipeline.exit_budget=auto: the metric may fall this far below the full model's (1 point)
+
+
+def summary_exit_row(rows: Sequence[dict], budget: float | str | None, metric: str) -> dict | None:
+    """The early-exit row of one family that make train's table shows. ``budget`` "auto": the smallest budget whose
+    ``metric`` on the threshold split is within :data:`EXIT_TOLERANCE` of the full model's there (the largest
+    budget when none is), so that the choice never looks at the test split; a number: that budget's row; None:
+    none."""
+    if not rows or budget is None:
+        return None
+    if budget == "auto":
+        full = rows[0][f"full_{metric}_on_threshold_split"]
+        close = [r for r in rows if r[f"{metric}_on_threshold_split"] >= full - EXIT_TOLERANCE - 1e-9]
+        return min(close, key=lambda r: r["budget"]) if close else max(rows, key=lambda r: r["budget"])
+    return next((r for r in rows if abs(r["budget"] - float(budget)) < 1e-9), None)
+
+
+def check_exit_budget(value) -> None:
+    """``pipeline.exit_budget`` is auto, null or a fraction in (0, 1]: refused before any step runs."""
+    if value is None or value == "auto":
+        return
+    try:
+        ok = 0.0 < float(value) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SystemExit(f"error: pipeline.exit_budget={value}: give auto, null or one of eval.exit_budgets "
+                         f"(a fraction of the GFLOPs in (0, 1], e.g. 0.6)")
+
+
 def write_summary(overrides: list[str], rows: list[dict], eval_paths: list[str], out_dir: str,
-                  seconds: dict[str, float]) -> str:
-    """results.json / results.md and the two figures of the pipeline; returns the table."""
+                  seconds: dict[str, float], exit_curves: Sequence[dict] = ()) -> str:
+    """results.json / results.md and the two figures of the pipeline; returns the table. ``exit_curves``: the
+    early-exit rows drawn in the figure (and kept in results.json) beside the table's."""
     from adafocus_pl.evaluation.evaluate import plot_rows, results_markdown
 
     cfg = compose("train", overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"experiment": cfg.experiment_name, "patch_size": cfg.model.patch_size, "seed": cfg.seed,
-               "split": "test", "frames_per_video": cfg.data.num_segments, "rows": rows, "seconds": seconds}
+               "split": "test", "frames_per_video": cfg.data.num_segments, "rows": rows, "seconds": seconds,
+               "early_exit_rows": list(exit_curves)}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     title = f"{cfg.experiment_name}: P={cfg.model.patch_size}, seed {cfg.seed}, test split"
-    figures = plot_rows(rows, out, title, metric="mAP" if str(cfg.monitor).endswith("mAP") else "top1")
+    shown = [*rows, *(r for r in exit_curves if r["method"] not in {row["method"] for row in rows})]
+    figures = plot_rows(shown, out, title, metric="mAP" if str(cfg.monitor).endswith("mAP") else "top1")
     links = "\n".join(f"- {name}: `{path}`" for name, path in [*figures.items(), *(("evaluation", p)
                                                                                       for p in eval_paths)])
     table = results_markdown(rows, title)
@@ -236,23 +272,37 @@ class Pipeline:
             raise SystemExit(f"[pipeline] stopped: {job.label} failed ({err}). Fix it and run the same command "
                              f"again: finished steps are skipped, interrupted ones resume.")
 
-    def rows(self) -> tuple[list[dict], list[str]]:
-        """The results table: AdaFocus's rows, the baselines, AdaFocus+'s eta curve."""
-        rows, eval_paths = [], []
+    def rows(self) -> tuple[list[dict], list[str], list[dict]]:
+        """The results table (AdaFocus's rows, the baselines, AdaFocus+'s eta curve, each variant followed by its
+        early-exit row, :func:`summary_exit_row`), the evaluations' results.md, and the early-exit curves drawn in
+        the figure: AdaFocus's and AdaFocus+'s at the smallest eta, every budget."""
+        rows, eval_paths, exits = [], [], {False: [], True: []}
         for job in self.jobs:
             if job.kind == EVAL:
                 result = self.results[job.name]
+                smallest_eta = min((row["eta"] for row in result["rows"] if row.get("eta") is not None), default=None)
                 for row in result["rows"]:
+                    if row.get("budget") is not None:  # early exit: AdaFocus's, and AdaFocus+'s at its smallest eta
+                        eta = row.get("eta")
+                        if (eta is not None and eta == smallest_eta) if job.plus else eta is None:
+                            exits[job.plus].append({**row, "run_dir": str(job.directory)})
+                        continue
                     if job.plus and "eta" not in row:  # the eta = 1 end of the AdaFocus+ curve
                         row.update(method="AdaFocus+ network, f_L on every frame", family="AdaFocus+",
                                    eta=1.0)
                     rows.append({**row, "run_dir": str(job.directory)})
                 eval_paths.append(str(result["paths"]["md"]))
+        budget = OmegaConf.select(self.cfg, "pipeline.exit_budget", default=None)
+        metric = "mAP" if str(self.cfg.monitor).endswith("mAP") else "top1"
+        picked = {plus: summary_exit_row(found, budget, metric) for plus, found in exits.items()}
+        shown = {plus: [] if row is None else [row] for plus, row in picked.items()}
+        if budget is not None and any(found and picked[plus] is None for plus, found in exits.items()):
+            self.say(f"pipeline.exit_budget={budget} is not one of eval.exit_budgets: no early-exit row in the table")
         plain = [row for row in rows if row["family"] != "AdaFocus+"]
         plus = [row for row in rows if row["family"] == "AdaFocus+"]
         baselines = [self.workers.submit("adafocus_pl.pipeline:baseline_row", list(job.overrides), job).result()
                      for job in self.jobs if job.patch_policy is not None]
-        return plain + baselines + plus, eval_paths
+        return plain + shown[False] + baselines + plus + shown[True], eval_paths, exits[False] + exits[True]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -264,6 +314,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     user = list(sys.argv[1:] if argv is None else argv)
     cfg = compose("train", user)
+    check_exit_budget(OmegaConf.select(cfg, "pipeline.exit_budget", default=None))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # AdaFocus+ runs beside AdaFocus where the architecture can skip frames (not AdaFocus-TSM)
     plus = architecture_class(architecture_of(cfg.model)).supports_skip_policy
@@ -282,11 +333,11 @@ def main(argv: list[str] | None = None) -> Path:
         pipeline.seconds["data"] = time.perf_counter() - pipeline.started
         pipeline.say(f"data: {cfg.data.root} ({pipeline.seconds['data']:.0f} s)")
         pipeline.run()
-        rows, eval_paths = pipeline.rows()
+        rows, eval_paths, exit_curves = pipeline.rows()
         seconds = {"data": round(pipeline.seconds["data"], 1),
                    **{job.label: round(pipeline.seconds[job.name], 1) for job in jobs}}
         table = workers.submit("adafocus_pl.pipeline:write_summary", user, rows, eval_paths, str(out_dir),
-                               seconds).result()
+                               seconds, exit_curves).result()
     print("\n" + table)
     print("[pipeline] wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     print(f"[pipeline] total {time.perf_counter() - pipeline.started:.0f} s; results: {out_dir / 'results.md'} "

@@ -116,17 +116,25 @@ def _finish_axes(ax, xlabel: str, ylabel: str, title: str | None) -> None:
     ax.legend(loc="best", fontsize=9)
 
 
+EARLY_EXIT_SUFFIX = " early exit"  # a family of early-exit rows: "<the family it stops early> early exit"
+
+
 def _family_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """A distinct colour/marker per name (paper styles for AdaFocus / AdaFocus+), in the given order."""
+    """A distinct colour/marker per name (paper styles for AdaFocus / AdaFocus+), in the given order. An early-exit
+    family ("AdaFocus early exit") is drawn dashed with hollow markers, in its source family's style when that has
+    a known one."""
     styles: dict[str, dict[str, Any]] = {}
     k = 0
     for name in names:
-        if name in _KNOWN_STYLES:
-            styles[name] = dict(_KNOWN_STYLES[name])
+        source = name.removesuffix(EARLY_EXIT_SUFFIX)
+        if source in _KNOWN_STYLES:
+            styles[name] = dict(_KNOWN_STYLES[source])
         else:
             styles[name] = {"color": _COLOR_CYCLE[k % len(_COLOR_CYCLE)],
                             "marker": _MARKER_CYCLE[k % len(_MARKER_CYCLE)], "markersize": 7}
             k += 1
+        if name.endswith(EARLY_EXIT_SUFFIX):
+            styles[name].update(linestyle="--", markerfacecolor="none")
     return styles
 
 
@@ -237,8 +245,9 @@ def _accuracy_vs_gflops_figure(points: Sequence[Mapping[str, Any]], metric: str 
     for name, pts in families.items():
         pts = sorted(pts, key=lambda q: q[0])
         xs, ys = [q[0] for q in pts], [q[1] for q in pts]
-        style = styles[name]
-        ax.plot(xs, ys, linestyle="-" if len(pts) > 1 else "none", linewidth=1.5, label=name, **style)
+        style = dict(styles[name])
+        line = style.pop("linestyle", "-")
+        ax.plot(xs, ys, linestyle=line if len(pts) > 1 else "none", linewidth=1.5, label=name, **style)
         for x, y, label in pts:
             if label:
                 ax.annotate(label, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8,
@@ -283,8 +292,9 @@ def _online_curve_figure(curves: Mapping[str, Sequence[tuple[float, float]]], me
     fig = Figure(figsize=(6.4, 4.8), dpi=100, layout="constrained")
     ax = fig.subplots()
     for name, pairs in parsed.items():
-        ax.plot([p[0] for p in pairs], [p[1] for p in pairs], linestyle="-", linewidth=1.5, label=name,
-                **styles[name])
+        style = dict(styles[name])
+        ax.plot([p[0] for p in pairs], [p[1] for p in pairs], linestyle=style.pop("linestyle", "-"), linewidth=1.5,
+                label=name, **style)
     _finish_axes(ax, "GFLOPs (t frames)", metric, title)
     return fig
 

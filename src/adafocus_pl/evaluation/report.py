@@ -152,17 +152,27 @@ def pipeline_tables(root: Path) -> list[dict[str, Any]]:
     return tables
 
 
+def _table_key(row: dict[str, Any]) -> str:
+    """Rows that are one line of the report: the same method, or the same early-exit family (each seed's table
+    picks its own budget, ``pipeline.exit_budget=auto``)."""
+    return row["family"] if row.get("budget") is not None else row["method"]
+
+
 def pipeline_markdown(tables: list[dict[str, Any]], metric: str) -> str:
-    """Every row of ``make train``'s table, per patch size: mean ± std over the seeds that ran it."""
+    """Every row of ``make train``'s table, per patch size: mean ± std over the seeds that ran it (an early-exit
+    family on one line, with the budget each seed's table chose)."""
     lines = [f"| P | method | seeds | {metric} (%) | GFLOPs / video | frames through f_L (%) |",
              "|---:|---|---|---:|---:|---:|"]
     for p in sorted({t["patch_size"] for t in tables}):
         runs = [t for t in tables if t["patch_size"] == p]
-        methods = list(dict.fromkeys(row["method"] for t in runs for row in t["rows"]))
+        methods = list(dict.fromkeys(_table_key(row) for t in runs for row in t["rows"]))
         for method in methods:
-            rows = [row for t in runs for row in t["rows"] if row["method"] == method]
-            seeds = sorted(t["seed"] for t in runs if any(row["method"] == method for row in t["rows"]))
+            rows = [row for t in runs for row in t["rows"] if _table_key(row) == method]
+            seeds = sorted(t["seed"] for t in runs if any(_table_key(row) == method for row in t["rows"]))
             values = [row[metric] for row in rows if row.get(metric) is not None]
+            if rows[0].get("budget") is not None:
+                budgets = ", ".join(f"{100 * row['budget']:g}%" for row in rows)
+                method = f"{method} (budget {budgets})"
             lines.append(f"| {p} | {method} | {', '.join(map(str, seeds))} | {_mean_std(values) if values else '–'} | "
                          f"{statistics.mean(r['gflops_per_video'] for r in rows):.4g} | "
                          f"{_pct(statistics.mean(r.get('keep_fraction') or 0.0 for r in rows))} |")

@@ -12,6 +12,10 @@ videos exit at step 1, the q_2 N most confident of the remaining ones at step 2,
 the confidence of the last video that exits there. ``p`` is chosen so that the expected cost, sum_t q_t c_t with
 c_t the mean cumulative GFLOPs after t frames, meets the budget.
 
+Timing a network with random weights (``python -m adafocus_pl.bench --exit-budget``), whose confidences mean
+nothing, imposes the exits instead: :class:`ExitSchedule` stops each video of a batch at a fixed step, drawn from the
+same geometric distribution (:func:`schedule_for_fractions`).
+
 Pure tensor code: networks, data and evaluation call it with per-step confidences and costs.
 """
 
@@ -38,18 +42,42 @@ class ExitRule:
         return len(self.thresholds)
 
     def as_dict(self) -> dict:
-        return {"budget": self.budget, "thresholds": [None if math.isinf(v) else v for v in self.thresholds]}
+        """JSON values: the infinite thresholds as the strings "inf" (nobody leaves at that step) and "-inf"."""
+        return {"budget": self.budget, "thresholds": [str(v) if math.isinf(v) else v for v in self.thresholds]}
 
     @classmethod
     def from_dict(cls, record: dict) -> ExitRule:
         values = tuple(float("-inf") if v is None else float(v) for v in record["thresholds"])
         return cls(values, record.get("budget"))
 
-    def exits_at(self, step: int, confidence: Tensor) -> Tensor:
-        """Which videos stop after step ``step`` (0-based) given their confidence ``[B]`` there."""
+    def exits_at(self, step: int, confidence: Tensor, videos: Tensor | None = None) -> Tensor:
+        """Which videos stop after step ``step`` (0-based) given their confidence ``[B]`` there (``videos``, the
+        running videos' indices in the batch, is not needed: a rule looks at the confidence only)."""
         if not 0 <= step < self.steps:
             raise ValueError(f"step {step} is outside the {self.steps} steps this exit rule was solved for")
         return confidence >= self.thresholds[step]
+
+
+@dataclass(frozen=True)
+class ExitSchedule:
+    """Imposed exits: video i of a batch stops after step ``exit_steps[i]`` whatever its confidence. For timing
+    networks whose confidences mean nothing (random weights) at a given exit distribution
+    (:func:`schedule_for_fractions`); it answers :meth:`exits_at` like an :class:`ExitRule`."""
+
+    exit_steps: tuple[int, ...]
+    steps: int
+
+    def __post_init__(self):
+        bad = [s for s in self.exit_steps if not 0 <= s < self.steps]
+        if bad:
+            raise ValueError(f"exit steps must lie in 0..{self.steps - 1}, got {bad}")
+
+    def exits_at(self, step: int, confidence: Tensor, videos: Tensor | None = None) -> Tensor:
+        if videos is None or (videos.numel() and int(videos.max()) >= len(self.exit_steps)):
+            raise ValueError(f"this exit schedule covers batches of {len(self.exit_steps)} videos: give the running "
+                             f"videos' indices in the batch")
+        planned = torch.tensor(self.exit_steps, device=confidence.device)[videos.to(confidence.device)]
+        return planned <= step
 
 
 def confidences(scores: Tensor) -> Tensor:
@@ -108,14 +136,14 @@ def expected_cost(fractions: Tensor, step_costs: Tensor) -> float:
     return float((fractions * step_costs.double()).sum())
 
 
-def solve_exit_rule(confidence: Tensor, step_costs: Tensor, budget: float, iterations: int = 60) -> ExitRule:
-    """The exit rule for ``budget``, a fraction of the full cost ``step_costs[-1]`` (``step_costs [T]``: the mean
-    cumulative GFLOPs after t frames). ``p`` of the geometric q_t is found by bisection on log p, since the expected
-    cost grows with p (q shifts to later steps)."""
+def exit_fractions_for_budget(step_costs: Tensor, budget: float, iterations: int = 60) -> Tensor:
+    """MSDNet's geometric exit distribution q_t ``[T]`` whose expected cost is ``budget`` times the full cost
+    ``step_costs[-1]`` (``step_costs [T]``: the mean cumulative GFLOPs after t frames). ``p`` of q_t is found by
+    bisection on log p, since the expected cost grows with p (q shifts to later steps)."""
     budget = float(budget)
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"an early-exit budget is a fraction of the full model's GFLOPs in (0, 1], got {budget}")
-    steps = confidence.shape[1]
+    steps = len(step_costs)
     target = budget * float(step_costs[-1])
     if target <= float(step_costs[0]):
         fractions = torch.zeros(steps, dtype=torch.float64)
@@ -132,7 +160,27 @@ def solve_exit_rule(confidence: Tensor, step_costs: Tensor, budget: float, itera
             else:
                 high = mid
         fractions = geometric_exit_fractions(math.exp(low), steps)
-    return ExitRule(thresholds_for_fractions(confidence, fractions), budget)
+    return fractions
+
+
+def solve_exit_rule(confidence: Tensor, step_costs: Tensor, budget: float, iterations: int = 60) -> ExitRule:
+    """The exit rule for ``budget`` (a fraction of the full cost ``step_costs[-1]``) on the videos of
+    ``confidence [N, T]``: the thresholds that make :func:`exit_fractions_for_budget`'s q_t exit at each step."""
+    if confidence.shape[1] != len(step_costs):
+        raise ValueError(f"confidence has {confidence.shape[1]} steps, step_costs {len(step_costs)}")
+    fractions = exit_fractions_for_budget(step_costs, budget, iterations)
+    return ExitRule(thresholds_for_fractions(confidence, fractions), float(budget))
+
+
+def schedule_for_fractions(fractions: Tensor, count: int) -> ExitSchedule:
+    """An :class:`ExitSchedule` for a batch of ``count`` videos in which a share ``fractions[t]`` exits at step t
+    (rounded as :func:`thresholds_for_fractions` rounds: the cumulative quotas), earliest exits first."""
+    quotas = torch.round(torch.cumsum(fractions.double(), 0) * count).long().tolist()
+    quotas[-1] = count
+    steps: list[int] = []
+    for t, quota in enumerate(quotas):
+        steps += [t] * max(0, quota - len(steps))
+    return ExitSchedule(tuple(steps[:count]), len(fractions))
 
 
 def solve_exit_rules(confidence: Tensor, step_costs: Tensor, budgets: Iterable[float]) -> list[ExitRule]:

@@ -13,6 +13,9 @@ videos ``[B, T, 3, H, W]``:
 5. runs f_L over all kept patches in one batch (Eq. 2): skipped frames are never cropped nor computed;
 6. runs f_C over the sequence (Eq. 4).
 
+With an exit rule (sample-wise early exit, :mod:`adafocus_pl.inference.early_exit`) the same blocks run frame by
+frame instead, each step on the videos still reading only: a video leaves the batch once f_C is confident enough.
+
 Everything runs under ``torch.inference_mode``; the backbones are copies prepared once: BatchNorm folded into
 the preceding convolution (``torch.fx`` fusion), ReLU / ReLU6 fused into the convolution before them on a CPU
 (:mod:`adafocus_pl.inference.fusion`), channels-last memory format, and one of three backends:
@@ -42,6 +45,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from adafocus_pl.inference.early_exit import ExitRule, ExitSchedule, confidences
 from adafocus_pl.inference.fusion import fold_batchnorm, fuse_conv_activations
 from adafocus_pl.inference.linear import FastLinear
 from adafocus_pl.models.adafocus import AdaFocusNet
@@ -136,18 +140,29 @@ class GRUScan:
         self.recurrent = FastLinear(weight_hh, torch.cat([zeros[:split], bias_hh[split:]]))
 
     def __call__(self, x: Tensor) -> Tensor:
-        batch, steps, hidden = x.shape[0], x.shape[1], self.hidden
+        batch, steps = x.shape[0], x.shape[1]
         input_gates = self.input(x.flatten(0, 1)).unflatten(0, (batch, steps))  # [B, T, 3H]
-        h = x.new_zeros(batch, hidden)
+        h = x.new_zeros(batch, self.hidden)
         states = []
         for t in range(steps):
-            from_input, from_hidden = input_gates[:, t], self.recurrent(h)
-            reset_update = torch.sigmoid(from_input[:, :2 * hidden] + from_hidden[:, :2 * hidden])
-            reset, update = reset_update[:, :hidden], reset_update[:, hidden:]
-            new = torch.tanh(torch.addcmul(from_input[:, 2 * hidden:], reset, from_hidden[:, 2 * hidden:]))
-            h = torch.lerp(new, h, update).contiguous()  # (1 - z) * n + z * h; row-major for the next product
+            h = self._advance(input_gates[:, t], h)
             states.append(h)
         return torch.stack(states, dim=1)
+
+    def step(self, x: Tensor, h: Tensor | None = None) -> Tensor:
+        """One step of the cell: ``x [B, F]``, ``h [B, H]`` (None: h_0 = 0) -> the new state ``[B, H]``."""
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden)
+        return self._advance(self.input(x), h)
+
+    def _advance(self, from_input: Tensor, h: Tensor) -> Tensor:
+        """The cell's update from the input projection ``[B, 3H]`` (input biases and b_hr, b_hz included)."""
+        hidden = self.hidden
+        from_hidden = self.recurrent(h)
+        reset_update = torch.sigmoid(from_input[:, :2 * hidden] + from_hidden[:, :2 * hidden])
+        reset, update = reset_update[:, :hidden], reset_update[:, hidden:]
+        new = torch.tanh(torch.addcmul(from_input[:, 2 * hidden:], reset, from_hidden[:, 2 * hidden:]))
+        return torch.lerp(new, h, update).contiguous()  # (1 - z) * n + z * h; row-major for the next product
 
 
 class _PolicyScan:
@@ -161,6 +176,11 @@ class _PolicyScan:
         inputs = self.policy.encode(glance_maps.flatten(0, 1)).unflatten(0, glance_maps.shape[:2])
         return self.policy.actor(self.gru(inputs))
 
+    def step(self, glance_map: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One decision (Eq. 3 / Eq. 8): ``(logits [B, A], h_new)`` from e_G_t ``[B, C, h, w]``."""
+        h = self.gru.step(self.policy.encode(glance_map), h)
+        return self.policy.actor(h), h
+
 
 class _ClassifierScan:
     """f_C's logits ``[B, T, K]``: the recurrent f_C as a :class:`GRUScan`, the frame-averaged f_C as it is."""
@@ -173,6 +193,21 @@ class _ClassifierScan:
         if self.gru is None:
             return self.classifier(features)
         return self.classifier.fc(self.gru(features))  # dropout is the identity at inference
+
+    def step(self, features: Tensor, state) -> tuple[Tensor, object]:
+        """One step of Eq. (4): ``(logits [B, K], new state)`` from one frame's features ``[B, F]`` (state None at
+        the first frame)."""
+        if self.gru is None:
+            return self.classifier.step(features, state)
+        h = self.gru.step(features, state)
+        return self.classifier.fc(h), h
+
+    def keep_rows(self, state, rows: Tensor):
+        """The state of the videos ``rows`` only (the others left the batch)."""
+        if self.gru is not None:
+            return state[rows]
+        log_sum, count = state  # the frame-averaged f_C: (log of the running sum [B, K], frames so far)
+        return log_sum[rows], count
 
 
 # ------------------------------------------------------------------------------------------------------ engines
@@ -238,13 +273,21 @@ class FastAdaFocus(_Engine):
     training; the benchmark uses it so that exactly eta of the frames run f_L). Neither: every frame runs f_L, as
     in the network's own forward. ``patch_policy``: "learned" (argmax of pi) or a registered fixed policy
     (``generator`` drives the random ones).
+
+    ``exit_rule`` (:class:`~adafocus_pl.inference.early_exit.ExitRule`, or an imposed
+    :class:`~adafocus_pl.inference.early_exit.ExitSchedule`): sample-wise early exit. The batch is then processed
+    frame by frame, and each step runs only on the videos still reading: f_G on their frame t, one step of pi (and
+    pi'), the crop and f_L on their (kept) patches, one step of f_C; the videos whose confidence reaches the
+    step's threshold leave the batch (Sec. 3.1: a prediction after any number of frames). The output carries
+    ``exit_steps`` (see :class:`~adafocus_pl.models.contract.NetOutput`). The random fixed policies draw their
+    patches step by step, so they differ from the whole-clip path's draws.
     """
 
     def __init__(self, net: AdaFocusNet, backend: str = "eager", channels_last: bool = True, fold_bn: bool = True,
                  fuse_activations: bool = True, rho: float | None = None,
                  eta: float | None = None, profile: bool = False,
                  patch_policy: str = "learned", generator: torch.Generator | None = None,
-                 glance_chunk: int | None = DEFAULT_GLANCE_CHUNK):
+                 glance_chunk: int | None = DEFAULT_GLANCE_CHUNK, exit_rule: ExitRule | ExitSchedule | None = None):
         if get_patch_policy(patch_policy).kind not in FAST_POLICY_KINDS:
             raise ValueError(f"patch_policy must be 'learned' or a fixed policy, got {patch_policy!r}")
         if not has_per_frame_blocks(net):
@@ -254,6 +297,9 @@ class FastAdaFocus(_Engine):
             raise ValueError("rho/eta need AdaFocus+'s skip policy pi' (model.skip_policy=true)")
         if rho is not None and eta is not None:
             raise ValueError("give rho or eta, not both")
+        if exit_rule is not None and eta is not None:
+            raise ValueError("eta solves rho over all of a call's frames, which early exit never reads: give rho "
+                             "(solved on the training split) with exit_rule")
         super().__init__(net, backend, channels_last, fold_bn, fuse_activations, profile, glance_chunk)
         self.rho = None if rho is None else float(rho)
         self.eta = None if eta is None else check_eta(eta)
@@ -263,6 +309,7 @@ class FastAdaFocus(_Engine):
         self.policy = _PolicyScan(net.policy)
         self.skip_policy = _PolicyScan(net.skip_policy) if net.capabilities.has_skip_policy else None
         self.classifier = _ClassifierScan(net.classifier)
+        self.exit_rule = exit_rule
 
     def _keep(self, glance_maps: Tensor) -> Tensor | None:
         """b_t ``[B, T]`` (Eq. 8 and Sec. 3.3's rho), or None when every frame runs f_L."""
@@ -276,6 +323,8 @@ class FastAdaFocus(_Engine):
         video's is the last), ``actions [B, T]``, ``offsets [B, T, 2]`` and ``keep [B, T]`` (None unless skipping)."""
         net = self.net
         net.check_frames(frames)
+        if self.exit_rule is not None:
+            return self._with_exits(frames)
         batch, steps = frames.shape[:2]
         glance_maps = self._run("glance", self.glance, net.glance_inputs(frames)).unflatten(0, (batch, steps))
         glance_features = glance_maps.mean(dim=(-2, -1))
@@ -293,6 +342,59 @@ class FastAdaFocus(_Engine):
             local = net.kept_local_features(frames, offsets, keep, local=run_local)
         features = net.classifier_inputs(glance_features, local)
         return NetOutput(self.classifier(features), actions=actions, offsets=offsets, keep=keep)
+
+    def _with_exits(self, frames: Tensor) -> NetOutput:
+        """Frame by frame, the videos that exited leaving the batch (see the class docstring)."""
+        net, rule = self.net, self.exit_rule
+        batch, steps = frames.shape[:2]
+        if rule.steps != steps:
+            raise ValueError(f"the exit rule has {rule.steps} steps but the videos have {steps} frames: solve it for "
+                             f"data.num_segments={steps}")
+        device = frames.device
+        learned = self.patch_policy == "learned"
+        skipping = self.skip_policy is not None and self.rho is not None
+        running = torch.arange(batch, device=device)  # the videos still reading, as rows of the batch
+        logits_out = None
+        actions = torch.full((batch, steps), -1, dtype=torch.long, device=device) if learned else None
+        offsets = torch.full((batch, steps, 2), -1, dtype=torch.long, device=device)
+        keep_out = torch.zeros(batch, steps, dtype=torch.bool, device=device) if skipping else None
+        exit_steps = torch.full((batch,), steps - 1, dtype=torch.long, device=device)
+        policy_state = skip_state = classifier_state = None
+        run_local = partial(self._run, "local", self.local)
+        for t in range(steps):
+            frame = frames[running, t].unsqueeze(1)  # [b, 1, 3, H, W]
+            glance_map = self._run("glance", self.glance, net.glance_inputs(frame))  # Eq. 1 on frame t only
+            if learned:  # Eq. 3, one step
+                policy_logits, policy_state = self.policy.step(glance_map, policy_state)
+                step_actions = policy_logits.argmax(dim=-1)
+                step_offsets = net.actions_to_offsets(step_actions)
+                actions[running, t] = step_actions
+            else:
+                step_offsets = net.draw_offsets(self.patch_policy, len(running), 1, device, self.generator)[:, 0]
+            offsets[running, t] = step_offsets
+            if skipping:  # Eq. 8 and rho: f_L only where p_t^B >= rho
+                skip_logits, skip_state = self.skip_policy.step(glance_map, skip_state)
+                keep = keep_mask(skip_logits.squeeze(-1), self.rho)
+                keep_out[running, t] = keep
+                local = net.kept_local_features(frame, step_offsets[:, None], keep[:, None], local=run_local)[:, 0]
+            else:
+                local = net.local_features(net.crop(frame, step_offsets[:, None]), local=run_local)[:, 0]
+            features = net.classifier_inputs(glance_map.mean(dim=(-2, -1)), local)
+            logits, classifier_state = self.classifier.step(features, classifier_state)  # Eq. 4, one step
+            if logits_out is None:
+                logits_out = logits.new_zeros(batch, steps, logits.shape[-1])
+            logits_out[running, t:] = logits.unsqueeze(1)  # later steps repeat it unless the video reads on
+            leaving = rule.exits_at(t, confidences(torch.softmax(logits.float(), dim=-1)), running)
+            if t == steps - 1 or bool(leaving.all()):
+                exit_steps[running] = t
+                break
+            exit_steps[running[leaving]] = t
+            rows = (~leaving).nonzero().squeeze(1)
+            running = running[rows]
+            policy_state = None if policy_state is None else policy_state[rows]
+            skip_state = None if skip_state is None else skip_state[rows]
+            classifier_state = self.classifier.keep_rows(classifier_state, rows)
+        return NetOutput(logits_out, actions=actions, offsets=offsets, keep=keep_out, exit_steps=exit_steps)
 
 
 class FastFullFrame(_Engine):

@@ -44,7 +44,10 @@ class NetOutput:
     patches' top-left corners (None without patches); ``actions`` the grid indices (None unless pi or the caller
     chose on the grid); ``policy_logits``/``values`` pi's (learned policy only); ``keep [B, T]`` AdaFocus+'s b_t and
     ``skip_logits``/``skip_values`` pi''s outputs (networks with pi' only); ``part_logits`` per-part predictions
-    beside the clip's (Stage 0's heads).
+    beside the clip's (Stage 0's heads). ``exit_steps [B]``: only from an engine that stops reading a video once it
+    is confident (early exit): the 0-based step after which each video stopped; the frames after it were never
+    read, so their logits repeat the exit step's (``logits[:, -1]`` is still the prediction), their ``actions`` and
+    ``offsets`` are -1 and their ``keep`` False.
     """
 
     logits: Tensor
@@ -58,6 +61,7 @@ class NetOutput:
     skip_logits: Tensor | None = None
     skip_values: Tensor | None = None
     part_logits: dict[str, Tensor] = field(default_factory=dict)
+    exit_steps: Tensor | None = None
 
 
 @dataclass(frozen=True)
