@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,8 @@ def test_walkthrough_notebook_runs_on_the_trained_runs(pipeline_run, tmp_path, m
     printed = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                       for out in cell.get("outputs", []))
     assert "saves" in printed and os.environ.get("ADAFOCUS_NOTEBOOK_OUT") == str(tmp_path / "nb")
+    # early exit (a curve), online recognition (a line per step, the last one matching the offline forward)
+    assert (tmp_path / "nb" / "early_exit" / "accuracy_vs_gflops.png").stat().st_size > 1000
+    assert "step 1/" in printed and "would exit here" in printed
+    last_online, offline = re.search(r"last online step: class (\d+); offline forward: class (\d+)", printed).groups()
+    assert last_online == offline
