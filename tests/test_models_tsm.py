@@ -252,3 +252,4 @@ def test_eval_runs_on_an_adafocus_tsm_checkpoint(motion_chain, motion_data, tmp_
     assert learned["top1"] == pytest.approx(stage3["test/top1"])  # the same network, the same test split
     assert learned["gflops_per_video"] == pytest.approx(rows["centre patches (same weights)"]["gflops_per_video"])
     assert Path(result["paths"]["md"]).is_file()
+    assert not any("budget" in row for row in result["rows"])  # one prediction per clip: no early exit

@@ -233,7 +233,10 @@ def evaluate_checkpoint(ckpt: LoadedCheckpoint, datamodule, split: str = "test",
     """All rows for one checkpoint, plus AdaFocus+'s rho per eta, the first batch (for figures) and timings.
     ``fixed_policies``: the Table 5 rows on the checkpoint's own f_L/f_C (None: every registered fixed policy).
     ``exit_budgets``: early-exit rows (:func:`early_exit_rows`) for the main row and each eta row, one per budget
-    (fractions of the row's GFLOPs per video); empty: none, and the threshold split is only read for rho."""
+    (fractions of the row's GFLOPs per video); empty: none, and the threshold split is only read for rho. A network
+    with one prediction per clip (AdaFocus-TSM) has no step to stop at: no early-exit rows."""
+    if ckpt.net.capabilities.per_clip:
+        exit_budgets = ()
     if fixed_policies is None:
         fixed_policies = fixed_policy_names()
     net = ckpt.net.to(device)
