@@ -342,22 +342,6 @@ def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSett
 
 
 # ------------------------------------------------------------------------------------------ a trained checkpoint
-def exit_rule_from_results(results_path: Path, budget: float) -> tuple[ExitRule, dict[str, Any]]:
-    """The exit rule ``eval`` solved for ``budget`` for the checkpoint's main row (f_L on every frame), and that
-    row, from its ``results.json``."""
-    if not results_path.is_file():
-        raise FileNotFoundError(f"{results_path} is missing: run python -m adafocus_pl.eval ckpt_path=... first (it "
-                                f"solves the early-exit thresholds on the training split)")
-    rows = json.loads(results_path.read_text())["rows"]
-    found = [r for r in rows if r.get("budget") is not None and r.get("eta") is None]
-    for row in found:
-        if abs(row["budget"] - budget) < 1e-9:
-            return ExitRule.from_dict(row), row
-    raise ValueError(f"{results_path} has no early-exit row at budget {budget:g} (it has "
-                     f"{sorted({r['budget'] for r in found}) or 'none'}): give one of them, or evaluate with "
-                     f"eval.exit_budgets=[...,{budget:g}]")
-
-
 def run_checkpoint_exit_benchmark(ckpt_path: str | Path, budget: float, batch_size: int, repeats: int, warmup: int,
                                   overrides: Sequence[str] = (), split: str = "test", backend: str = "eager",
                                   results_path: str | Path | None = None, json_path: str | Path | None = None,
@@ -371,13 +355,16 @@ def run_checkpoint_exit_benchmark(ckpt_path: str | Path, budget: float, batch_si
 
     from adafocus_pl.checkpoint import load_checkpoint
     from adafocus_pl.evaluation.metrics import top1_accuracy
+    from adafocus_pl.inference.online import exit_row_from_results
     from adafocus_pl.inference.predict import run_dir_of, saved_overrides
     from adafocus_pl.utils.config import compose
 
     ckpt_path = Path(ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
     results_path = Path(results_path) if results_path else run_dir_of(ckpt_path) / "eval" / "results.json"
-    rule, row = exit_rule_from_results(results_path, budget)
+    row = exit_row_from_results(results_path, budget,  # the main row: f_L on every frame
+                                eval_command=f"python -m adafocus_pl.eval ckpt_path={ckpt_path}")
+    rule = ExitRule.from_dict(row)
     cfg = compose("train", saved_overrides(ckpt_path) + list(overrides))
     datamodule = instantiate(cfg.data, _recursive_=False, _convert_="all")
     datamodule.prepare_data()

@@ -343,7 +343,13 @@ def _setting(rho: float | None) -> str:
 
 def exit_rule_from_results(path: str | os.PathLike, budget: float, rho: float | None = None,
                            eval_command: str = "python -m adafocus_pl.eval ckpt_path=CKPT") -> ExitRule:
-    """The exit rule ``eval`` solved for ``budget`` (a fraction of the full GFLOPs) and the network's setting
+    """The :class:`ExitRule` of :func:`exit_row_from_results`'s row."""
+    return ExitRule.from_dict(exit_row_from_results(path, budget, rho, eval_command))
+
+
+def exit_row_from_results(path: str | os.PathLike, budget: float, rho: float | None = None,
+                          eval_command: str = "python -m adafocus_pl.eval ckpt_path=CKPT") -> dict[str, Any]:
+    """The early-exit row ``eval`` solved for ``budget`` (a fraction of the full GFLOPs) and the network's setting
     (``rho``: AdaFocus+'s threshold, None for f_L on every frame), from its ``results.json`` at ``path``: the row
     with that ``budget`` and ``thresholds``. Raises ``FileNotFoundError`` / ``ValueError`` with what to run
     (``eval_command``) or which budgets and settings there are."""
@@ -381,7 +387,7 @@ def exit_rule_from_results(path: str | os.PathLike, budget: float, rho: float | 
         raise ValueError(f"{path} has no early-exit thresholds for budget {float(budget):g} ({_setting(rho)}); its "
                          f"budgets: {budgets}. Set predict.exit_budget to one of them, or run {eval_command} with "
                          f"that budget")
-    return ExitRule.from_dict(chosen[0])
+    return chosen[0]
 
 
 def format_step(result: StepResult, steps: int | None = None, num_frames: int | None = None) -> str:
