@@ -21,7 +21,12 @@ from adafocus_pl.data.storage import VideoFileStorage
 from adafocus_pl.data.transforms import normalize_on_device
 from adafocus_pl.evaluation.flops import cached_component_gflops, gflops_per_video
 from adafocus_pl.inference.early_exit import ExitRule
-from adafocus_pl.inference.online import OnlineRecognizer, VideoFrames, exit_rule_from_results
+from adafocus_pl.inference.online import (
+    OnlineRecognizer,
+    VideoFrames,
+    exit_row_from_results,
+    exit_rule_from_results,
+)
 from adafocus_pl.inference.predict import read_video
 from adafocus_pl.models.adafocus import AdaFocusNet
 from adafocus_pl.models.adafocus_tsm import AdaFocusTSMNet
@@ -213,6 +218,8 @@ def test_exit_rules_are_read_from_evals_results_for_the_budget_and_the_setting(t
     with pytest.raises(ValueError, match=r"rho=0.42; f_L on every frame, none for what predict runs \(AdaFocus\+ "
                                          r"skipping f_L at rho=0.3\): set predict.rho to one of those"):
         exit_rule_from_results(path, 0.6, rho=0.3)
+    nearest = exit_row_from_results(path, 0.6, rho=0.3, nearest_rho=True)  # eval's rho nearest to 0.3: 0.42
+    assert nearest["rho"] == 0.42 and nearest["thresholds"] == thresholds
     path.write_text(json.dumps({"rows": results["rows"][:1]}))
     with pytest.raises(ValueError, match="has no early-exit thresholds .* run python -m adafocus_pl.eval"):
         exit_rule_from_results(path, 0.6)
@@ -221,7 +228,7 @@ def test_exit_rules_are_read_from_evals_results_for_the_budget_and_the_setting(t
 def test_the_command_stops_at_the_exit_step_of_evals_budget(ckpt_paths, tiny_synthetic, tmp_path, capsys):
     paths, _ = ckpt_paths
     ckpt_path = paths["stage3_plus"]
-    rho = load_checkpoint(ckpt_path).rho
+    rho = load_checkpoint(ckpt_path).rho + 0.003  # eval's rho for eta=0.5 differs a little from Stage III+'s
     results = tmp_path / "eval" / "results.json"
     results.parent.mkdir()
     results.write_text(json.dumps({"rows": [
@@ -230,7 +237,9 @@ def test_the_command_stops_at_the_exit_step_of_evals_budget(ckpt_paths, tiny_syn
     video = write_video(tmp_path / "clip.mp4", 40)
     base = [str(video), f"ckpt_path={ckpt_path}", f"data.root={tiny_synthetic}", f"predict.out_dir={tmp_path / 'out'}"]
     [result] = main([*base, "predict.exit_budget=0.5", f"predict.exit_from={results}"])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert f"AdaFocus+ runs at rho={rho:.6g}, the threshold eval solved the early-exit rule with" in captured.err
     lines = [line for line in printed.splitlines() if line.startswith("step ")]
     assert len(lines) == 2 and lines[1].endswith("-> would exit here")  # predict.online is implied
     online = result["online"]

@@ -165,11 +165,13 @@ def _check_options(options) -> None:
 
 
 def _exit_rule(options, ckpt_path: Path, rho: float | None):
-    """The early-exit rule of ``predict.exit_thresholds`` or ``predict.exit_budget`` (read from eval's results:
-    ``predict.exit_from``, default ``<run dir>/eval/results.json``), or None."""
+    """``(rule, rho)``: the early-exit rule of ``predict.exit_thresholds`` or ``predict.exit_budget`` (read from
+    eval's results: ``predict.exit_from``, default ``<run dir>/eval/results.json``), or None, and the AdaFocus+ rho
+    to run with. Thresholds hold for the rho eval solved them with: without ``predict.rho`` an AdaFocus+ checkpoint
+    runs with eval's rho nearest to its own (rho solved after Stage III+ and in eval differ slightly)."""
     from adafocus_pl.eval import default_out_dir
     from adafocus_pl.inference.early_exit import ExitRule
-    from adafocus_pl.inference.online import exit_rule_from_results
+    from adafocus_pl.inference.online import exit_row_from_results
 
     if options.exit_thresholds is not None:
         values = options.exit_thresholds
@@ -181,15 +183,20 @@ def _exit_rule(options, ckpt_path: Path, rho: float | None):
                              for v in values):
             raise UserError(f"predict.exit_thresholds={options.exit_thresholds}: give one confidence per frame, "
                             f"[c_1, ..., c_T] (numbers; null for -inf, e.g. the last)")
-        return ExitRule.from_dict({"thresholds": values, "budget": None})
+        return ExitRule.from_dict({"thresholds": values, "budget": None}), rho
     if options.exit_budget is None:
-        return None
+        return None, rho
     path = Path(options.exit_from) if options.exit_from else default_out_dir(ckpt_path) / "results.json"
     try:
-        return exit_rule_from_results(path, float(options.exit_budget), rho,
-                                      eval_command=f"python -m adafocus_pl.eval ckpt_path={ckpt_path}")
+        row = exit_row_from_results(path, float(options.exit_budget), rho,
+                                    eval_command=f"python -m adafocus_pl.eval ckpt_path={ckpt_path}",
+                                    nearest_rho=options.rho is None)
     except (OSError, ValueError) as err:
         raise UserError(one_line(err)) from err
+    if row["rho"] is not None and rho is not None and row["rho"] != rho:
+        print(f"[predict] AdaFocus+ runs at rho={row['rho']:.6g}, the threshold eval solved the early-exit rule with "
+              f"(the checkpoint's rho is {rho:.6g}; predict.rho=... picks another of eval's)", file=sys.stderr)
+    return ExitRule.from_dict(row), row["rho"] if rho is not None else rho
 
 
 def _setup(overrides: list[str]):
@@ -239,8 +246,8 @@ def _setup(overrides: list[str]):
         if options.online or any(options[k] is not None for k in ("online_stride", "exit_budget", "exit_thresholds")):
             try:
                 check_steps_online(ckpt.net)  # before looking for exit thresholds it could not use
-                predictor.go_online(options.online_stride, _exit_rule(options, ckpt_path, predictor.rho),
-                                    options.exit_stop)
+                rule, predictor.rho = _exit_rule(options, ckpt_path, predictor.rho)
+                predictor.go_online(options.online_stride, rule, options.exit_stop)
             except ValueError as err:
                 raise UserError(one_line(err)) from err
         out_dir = Path(options.out_dir) if options.out_dir else run_dir_of(ckpt_path) / "predict"

@@ -348,7 +348,8 @@ def exit_rule_from_results(path: str | os.PathLike, budget: float, rho: float | 
 
 
 def exit_row_from_results(path: str | os.PathLike, budget: float, rho: float | None = None,
-                          eval_command: str = "python -m adafocus_pl.eval ckpt_path=CKPT") -> dict[str, Any]:
+                          eval_command: str = "python -m adafocus_pl.eval ckpt_path=CKPT",
+                          nearest_rho: bool = False) -> dict[str, Any]:
     """The early-exit row ``eval`` solved for ``budget`` (a fraction of the full GFLOPs) and the network's setting
     (``rho``: AdaFocus+'s threshold, None for f_L on every frame), from its ``results.json`` at ``path``: the row
     with that ``budget`` and ``thresholds``. Raises ``FileNotFoundError`` / ``ValueError`` with what to run
@@ -375,6 +376,11 @@ def exit_row_from_results(path: str | os.PathLike, budget: float, rho: float | N
         return abs(theirs - rho) <= RHO_TOLERANCE
 
     fitting = [r for r in rows if same(r)]
+    solved = sorted({theirs for r in rows if (theirs := _row_rho(r, rhos)) is not None})
+    if not fitting and nearest_rho and rho is not None and solved:
+        # the thresholds hold for the rho they were solved with: take eval's rho nearest to the one asked for
+        nearest = min(solved, key=lambda value: abs(value - rho))
+        fitting = [r for r in rows if _row_rho(r, rhos) == nearest]
     if not fitting:
         settings = sorted({_setting(_row_rho(r, rhos)) for r in rows})
         fix = ("set predict.rho to one of those" if any(_row_rho(r, rhos) is not None for r in rows)
@@ -387,7 +393,7 @@ def exit_row_from_results(path: str | os.PathLike, budget: float, rho: float | N
         raise ValueError(f"{path} has no early-exit thresholds for budget {float(budget):g} ({_setting(rho)}); its "
                          f"budgets: {budgets}. Set predict.exit_budget to one of them, or run {eval_command} with "
                          f"that budget")
-    return chosen[0]
+    return {**chosen[0], "rho": _row_rho(chosen[0], rhos)}
 
 
 def format_step(result: StepResult, steps: int | None = None, num_frames: int | None = None) -> str:
