@@ -22,8 +22,9 @@ USAGE = __doc__
 
 def default_out_dir(ckpt_path: Path) -> Path:
     """``<run dir>/eval`` for ``<run dir>/checkpoints/x.ckpt``, else ``eval`` beside the checkpoint."""
-    parent = ckpt_path.resolve().parent
-    return (parent.parent if parent.name == "checkpoints" else parent) / "eval"
+    from adafocus_pl.inference.predict import run_dir_of
+
+    return run_dir_of(ckpt_path) / "eval"
 
 
 def log_to_wandb(cfg: DictConfig, result: dict[str, Any], paths: dict[str, Path], out_dir: Path) -> None:

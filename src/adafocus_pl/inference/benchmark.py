@@ -305,6 +305,16 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def _save_json(result: dict[str, Any], json_path: str | Path | None) -> None:
+    """Write ``result`` to ``json_path`` (its folder created) and say where; nothing when it is None."""
+    if json_path is None:
+        return
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2))
+    print(f"[bench] JSON written to {json_path}")
+
+
 def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSettings,
                   json_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Build, measure, print and (optionally) save; returns ``{"settings", "machine", "rows"}``."""
@@ -333,11 +343,7 @@ def run_benchmark(model_cfg: Mapping[str, Any] | DictConfig, settings: BenchSett
     if max(result["spread"].values()) > NOISY_SPREAD:
         print(f"[bench] warning: above {100 * NOISY_SPREAD:.0f}%, something else is using this machine's CPU or "
               f"memory; the quotients may be off by a few per cent: run again when it is idle, or with more --repeats")
-    if json_path is not None:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2))
-        print(f"[bench] JSON written to {json_path}")
+    _save_json(result, json_path)
     return result
 
 
@@ -407,11 +413,7 @@ def run_checkpoint_exit_benchmark(ckpt_path: str | Path, budget: float, batch_si
     }
     result["flops_ratio"] = result["gflops_per_video"]["whole clip"] / result["gflops_per_video"]["early exit"]
     print(checkpoint_markdown(result), end="")
-    if json_path is not None:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2))
-        print(f"[bench] JSON written to {json_path}")
+    _save_json(result, json_path)
     return result
 
 

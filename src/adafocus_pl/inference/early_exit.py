@@ -140,9 +140,7 @@ def exit_fractions_for_budget(step_costs: Tensor, budget: float, iterations: int
     """MSDNet's geometric exit distribution q_t ``[T]`` whose expected cost is ``budget`` times the full cost
     ``step_costs[-1]`` (``step_costs [T]``: the mean cumulative GFLOPs after t frames). ``p`` of q_t is found by
     bisection on log p, since the expected cost grows with p (q shifts to later steps)."""
-    budget = float(budget)
-    if not 0.0 < budget <= 1.0:
-        raise ValueError(f"an early-exit budget is a fraction of the full model's GFLOPs in (0, 1], got {budget}")
+    budget = check_budget(budget)
     steps = len(step_costs)
     target = budget * float(step_costs[-1])
     if target <= float(step_costs[0]):
@@ -205,9 +203,13 @@ def gather_steps(values: Tensor, steps: Tensor) -> Tensor:
     return values[torch.arange(values.shape[0], device=values.device), steps.to(values.device)]
 
 
+def check_budget(budget: float) -> float:
+    """``budget`` as a float, or a ``ValueError`` unless it is a fraction of the full GFLOPs in (0, 1]."""
+    budget = float(budget)
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"an early-exit budget is a fraction of the full model's GFLOPs in (0, 1], got {budget}")
+    return budget
+
+
 def check_budgets(budgets: Sequence[float]) -> list[float]:
-    values = [float(b) for b in budgets]
-    for b in values:
-        if not 0.0 < b <= 1.0:
-            raise ValueError(f"early-exit budgets are fractions of the full model's GFLOPs in (0, 1], got {b}")
-    return values
+    return [check_budget(b) for b in budgets]

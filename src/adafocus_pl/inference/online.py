@@ -45,7 +45,7 @@ from adafocus_pl.data.transforms import normalize_on_device
 from adafocus_pl.evaluation.flops import cached_component_gflops, gflops_per_video
 from adafocus_pl.inference.early_exit import ExitRule, confidences
 from adafocus_pl.inference.predict import class_names as data_class_names
-from adafocus_pl.inference.predict import saved_overrides, video_file_storage
+from adafocus_pl.inference.predict import rho_to_run, saved_overrides, top_classes, video_file_storage
 from adafocus_pl.models.contract import VideoNet, has_per_frame_blocks
 from adafocus_pl.utils.config import compose
 
@@ -219,10 +219,7 @@ class OnlineRecognizer:
             net, saved_rho = model, None
             patch_policy = patch_policy or "learned"
         check_steps_online(net)
-        plus = net.capabilities.has_skip_policy
-        if rho is not None and not plus:
-            raise ValueError("rho (predict.rho) needs an AdaFocus+ network (one with pi', model.skip_policy=true)")
-        self.rho = (rho if rho is not None else saved_rho) if plus else None
+        self.rho = rho_to_run(net, rho, saved_rho)
 
         self.data_cfg = None if data is None or isinstance(data, Transforms) else _as_config(data)
         transforms = data if isinstance(data, Transforms) else Transforms.pick(self.data_cfg or {})
@@ -273,8 +270,7 @@ class OnlineRecognizer:
         with torch.inference_mode():
             logits = self.stepper.step(x)[0].float().cpu()
         probs = torch.softmax(logits, dim=-1)
-        values, indices = probs.topk(self.top_k)
-        top = [{"class": int(k), "name": self.names[int(k)], "probability": float(p)} for p, k in zip(values, indices)]
+        top = top_classes(probs, self.names, self.top_k)
         confidence = float(confidences(probs))
         keep = self.stepper.last_keep
         kept = None if keep is None else bool(keep[0])

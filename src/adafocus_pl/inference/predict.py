@@ -98,6 +98,22 @@ def video_file_storage(path: str | os.PathLike, data_cfg: DictConfig, num_classe
     return VideoFileStorage(videos, decoder_threads=min(4, os.cpu_count() or 1))
 
 
+def top_classes(probs: torch.Tensor, names: list[str], k: int) -> list[dict[str, Any]]:
+    """The ``k`` most likely classes of ``probs [K]``: ``[{"class", "name", "probability"}]``, most likely first."""
+    values, indices = probs.topk(k)
+    return [{"class": int(c), "name": names[int(c)], "probability": float(p)} for p, c in zip(values, indices)]
+
+
+def rho_to_run(net, rho: float | None, saved_rho: float | None) -> float | None:
+    """AdaFocus+'s threshold on p_t^B to predict with: ``rho`` (predict.rho), else the one the checkpoint stores;
+    None for a network without pi' (f_L on every frame), where asking for a rho is a ``ValueError``."""
+    if not net.capabilities.has_skip_policy:
+        if rho is not None:
+            raise ValueError("predict.rho needs an AdaFocus+ checkpoint (a network with pi', model.skip_policy=true)")
+        return None
+    return rho if rho is not None else saved_rho
+
+
 @dataclass
 class Prediction:
     video: str
@@ -173,10 +189,7 @@ class Predictor:
         self.names = class_names(data_cfg, self.net.num_classes)
         self.mean, self.std = list(data_cfg.mean), list(data_cfg.std)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        plus = self.net.capabilities.has_skip_policy
-        if rho is not None and not plus:
-            raise ValueError("predict.rho needs an AdaFocus+ checkpoint (a network with pi')")
-        self.rho = (rho if rho is not None else ckpt.rho) if plus else None
+        self.rho = rho_to_run(self.net, rho, ckpt.rho)
         self.backend, self.seed = backend, seed
         self._engine: FastAdaFocus | None = None  # built at the first offline prediction
         self.generator = generator
@@ -233,8 +246,7 @@ class Predictor:
         """``__call__`` on a sample already read with :func:`read_video`."""
         logits, offsets, keep = self._forward(sample)
         probs = torch.softmax(logits.float(), dim=-1).cpu()
-        values, indices = probs.topk(self.top_k)
-        top = [{"class": int(k), "name": self.names[int(k)], "probability": float(p)} for p, k in zip(values, indices)]
+        top = top_classes(probs, self.names, self.top_k)
         shown = sample.get("focus_frames", sample["frames"])
         prediction = Prediction(str(video), top, offsets.cpu(), None if keep is None else keep.cpu(), shown,
                                 path=video_path(video))
