@@ -62,6 +62,7 @@ def log_to_wandb(cfg: DictConfig, result: dict[str, Any], paths: dict[str, Path]
 def run(cfg: DictConfig) -> dict[str, Any]:
     from adafocus_pl.checkpoint import load_checkpoint
     from adafocus_pl.evaluation.evaluate import evaluate_checkpoint, results_markdown, write_results
+    from adafocus_pl.evaluation.metrics import headline_metric
     from adafocus_pl.inference.early_exit import check_budgets
     from adafocus_pl.preflight import generated_data_problems, raise_if
 
@@ -82,7 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise_if(generated_data_problems(datamodule.root))
     datamodule.prepare_data()
     out_dir = Path(cfg.eval.out_dir) if cfg.eval.out_dir else default_out_dir(Path(cfg.ckpt_path))
-    metric = "mAP" if str(cfg.monitor).endswith("mAP") else "top1"
+    metric = headline_metric(cfg.monitor)
     result = evaluate_checkpoint(ckpt, datamodule, split=cfg.eval.split, threshold_split=cfg.eval.threshold_split,
                                  fixed_policies=None if cfg.eval.fixed_policies is None else list(cfg.eval.fixed_policies), etas=list(cfg.eval.etas),
                                  device=resolve_device(cfg.eval.device, "eval.device"), seed=cfg.seed,

@@ -117,13 +117,13 @@ def check_exit_budget(value) -> None:
     """``pipeline.exit_budget`` is auto, null or a fraction in (0, 1]: refused before any step runs."""
     if value is None or value == "auto":
         return
+    from adafocus_pl.inference.early_exit import check_budget
+
     try:
-        ok = 0.0 < float(value) <= 1.0
+        check_budget(value)
     except (TypeError, ValueError):
-        ok = False
-    if not ok:
         raise SystemExit(f"error: pipeline.exit_budget={value}: give auto, null or one of eval.exit_budgets "
-                         f"(a fraction of the GFLOPs in (0, 1], e.g. 0.6)")
+                         f"(a fraction of the GFLOPs in (0, 1], e.g. 0.6)") from None
 
 
 def write_summary(overrides: list[str], rows: list[dict], eval_paths: list[str], out_dir: str,
@@ -131,6 +131,7 @@ def write_summary(overrides: list[str], rows: list[dict], eval_paths: list[str],
     """results.json / results.md and the two figures of the pipeline; returns the table. ``exit_curves``: the
     early-exit rows drawn in the figure (and kept in results.json) beside the table's."""
     from adafocus_pl.evaluation.evaluate import plot_rows, results_markdown
+    from adafocus_pl.evaluation.metrics import headline_metric
 
     cfg = compose("train", overrides)
     out = Path(out_dir)
@@ -141,7 +142,7 @@ def write_summary(overrides: list[str], rows: list[dict], eval_paths: list[str],
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     title = f"{cfg.experiment_name}: P={cfg.model.patch_size}, seed {cfg.seed}, test split"
     shown = [*rows, *(r for r in exit_curves if r["method"] not in {row["method"] for row in rows})]
-    figures = plot_rows(shown, out, title, metric="mAP" if str(cfg.monitor).endswith("mAP") else "top1")
+    figures = plot_rows(shown, out, title, metric=headline_metric(cfg.monitor))
     links = "\n".join(f"- {name}: `{path}`" for name, path in [*figures.items(), *(("evaluation", p)
                                                                                       for p in eval_paths)])
     table = results_markdown(rows, title)
@@ -293,7 +294,9 @@ class Pipeline:
                     rows.append({**row, "run_dir": str(job.directory)})
                 eval_paths.append(str(result["paths"]["md"]))
         budget = OmegaConf.select(self.cfg, "pipeline.exit_budget", default=None)
-        metric = "mAP" if str(self.cfg.monitor).endswith("mAP") else "top1"
+        from adafocus_pl.evaluation.metrics import headline_metric
+
+        metric = headline_metric(self.cfg.monitor)
         picked = {plus: summary_exit_row(found, budget, metric) for plus, found in exits.items()}
         shown = {plus: [] if row is None else [row] for plus, row in picked.items()}
         if budget is not None and any(found and picked[plus] is None for plus, found in exits.items()):

@@ -22,6 +22,12 @@ from torchmetrics.functional.classification import (
 )
 
 
+def headline_metric(monitor: str) -> str:
+    """The metric a run's tables and figures lead with: "mAP" when its ``monitor`` is an mAP (ActivityNet, FCVID,
+    Table 1), else "top1" (Mini-Kinetics, Something-Something)."""
+    return "mAP" if str(monitor).endswith("mAP") else "top1"
+
+
 def top1_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of videos whose highest score is the (first) label; the scores are the last step's (paper Sec. 3.4)."""
     labels = labels.to(scores.device).long()

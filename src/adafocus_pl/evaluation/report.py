@@ -19,6 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from adafocus_pl.evaluation.flops import gflops_per_video, model_component_gflops
+from adafocus_pl.evaluation.metrics import headline_metric
 from adafocus_pl.models.patch_policies import get_patch_policy
 from adafocus_pl.plan import PIPELINE, families, point_dir
 from adafocus_pl.utils.config import register_resolvers
@@ -184,7 +185,7 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, metric: st
     from adafocus_pl.evaluation.plots import plot_accuracy_vs_gflops
 
     runs = collect_runs(root)
-    metric = metric or ("mAP" if str(runs[-1]["monitor"]).endswith("mAP") else "top1")
+    metric = metric or headline_metric(runs[-1]["monitor"])
     out = Path(out_dir) if out_dir else Path(root) / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summary_rows(runs, metric)
