@@ -207,6 +207,13 @@ def _refused_global(reason: str) -> str | None:
     return None
 
 
+def global_names(safe_globals: tuple[Any, ...]) -> set[str]:
+    """The dotted names a pickle uses for ``safe_globals`` (entries as ``torch.serialization.safe_globals`` takes
+    them: an object, or ``(object, "the.name.it.is.pickled.under")``)."""
+    return {g[1] if isinstance(g, tuple) else f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', g)}"
+            for g in safe_globals}
+
+
 def _disallowed_global_in_pickle(path: Path, safe_globals: tuple[Any, ...] = SAFE_GLOBALS) -> str | None:
     """The first Python object a bare pickle file (not torch's zip format) asks for that the weights-only unpickler
     does not allow, found by reading its opcodes without executing any (``pickletools``). The unpickler itself
@@ -215,8 +222,7 @@ def _disallowed_global_in_pickle(path: Path, safe_globals: tuple[Any, ...] = SAF
         allowed = set(torch._weights_only_unpickler._get_allowed_globals())
     except AttributeError:  # a torch without that table: no verdict, the file is reported as unreadable
         return None
-    allowed |= {g[1] if isinstance(g, tuple) else f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', g)}"
-                for g in safe_globals}
+    allowed |= global_names(safe_globals)
     strings: list[str] = []
     try:
         with open(path, "rb") as handle:

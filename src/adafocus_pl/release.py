@@ -52,6 +52,7 @@ from adafocus_pl.checkpoint import (
     STAGE_KEYS,
     CheckpointError,
     UnsafeCheckpointError,
+    global_names,
     read_torch_file,
 )
 
@@ -166,7 +167,7 @@ def _unsafe_globals(path: Path) -> list[str]:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # a bare pickle, or a torch without this function
         return []
-    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in RELEASE_SAFE_GLOBALS}
+    allowed = global_names(RELEASE_SAFE_GLOBALS)
     return [name for name in needed if name not in allowed]
 
 
