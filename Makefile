@@ -13,7 +13,7 @@ export HYDRA_FULL_ERROR ?= 1
 # and scipy from source again on each start (docs/performance.md).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help install train seeds sweep report bench test test-full lint data clean clean-logs
+.PHONY: help install train seeds sweep report dashboard bench test test-full lint data clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ sweep: $(STAMP)  ## Hydra multirun: the whole stage chain per patch size and var
 
 report: $(STAMP)  ## table + accuracy-vs-GFLOPs plot of every run under logs/synthetic
 	$(BIN)/python -m adafocus_pl.report logs/synthetic
+
+# extra flags for make dashboard (e.g. DASHBOARD="--entity my-team", DASHBOARD="--dry-run")
+DASHBOARD ?=
+
+dashboard: $(STAMP)  ## W&B workspace + report "AdaFocus vs AdaFocus+" of logs/synthetic (without a login: its spec, JSON)
+	$(BIN)/python -m adafocus_pl.dashboard logs/synthetic $(DASHBOARD)
 
 # inference speed on the paper's full-size networks (change it: make bench BENCH="--frames 8 --batch 2")
 BENCH ?=

@@ -207,6 +207,6 @@ def test_eval_writes_one_row_per_eta_with_measured_kept_fractions_and_figures(pl
     assert len(runs) == 1 and runs[0].stat().st_size > 1000
     media = runs[0].parent / "files" / "media"
     assert len(list((media / "images" / "eval").glob("*.png"))) == 4
-    table = json.loads(next((media / "table" / "eval").glob("results_*.table.json")).read_text())
+    table = json.loads(next((media / "table" / "eval" / "table").glob("results_*.table.json")).read_text())
     assert [r[0] for r in table["data"]] == [r["method"] for r in result["rows"]]
 

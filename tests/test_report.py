@@ -52,6 +52,16 @@ def test_the_report_lists_every_patch_size_and_family_with_means_over_seeds(runs
     assert (out / "accuracy_vs_gflops.png").stat().st_size > 1000
 
 
+def test_baselines_are_their_own_rows_not_a_column_beside_adafocus(runs):
+    out = write_report(runs)
+    text = (out / "report.md").read_text()
+    final, baselines = text.split("## Final models")[1].split("## Baselines")[:2]
+    assert "glance only" not in final and "AdaFocus+ top1" in final  # the side-by-side table is the two variants'
+    assert "| synthetic | 32 | glance only | 1 | 10.0 |" in baselines
+    roles = {r["stage"]: r["role"] for r in json.loads((out / "report.json").read_text())["runs"]}
+    assert roles == {"stage1": "method", "stage3": "method", "stage3_plus": "method", "stage3_none": "baseline"}
+
+
 def test_gflops_come_from_each_runs_config_and_adafocus_plus_counts_the_kept_frames(runs):
     by = {(r["stage"], r["patch_size"]): r for r in collect_runs(runs)}
     cfg = compose("train", ["model.patch_size=24"])

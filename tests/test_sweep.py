@@ -34,6 +34,74 @@ def tiny_sweep(tiny_synthetic, tmp_path_factory):
     return logs / "synthetic", overrides, sweep(overrides)
 
 
+@pytest.fixture(scope="module")
+def logged_experiment(tiny_sweep, tiny_synthetic):
+    """The sweep's W&B runs plus, for P=24, one baseline as the plan runs it (random patches from Stage I) and the
+    evaluations of both final models, all logged to W&B offline (in this process: the chain's steps are what
+    `make train` runs)."""
+    from adafocus_pl import eval as eval_cli
+    from adafocus_pl.chain import plan_steps, run_step
+    from adafocus_pl.plan import ADAFOCUS, ADAFOCUS_PLUS
+    from adafocus_pl.stages.runner import run_stage
+    from adafocus_pl.utils.config import compose
+
+    experiment, _, _ = tiny_sweep
+    point = tiny_overrides(tiny_synthetic, experiment.parent) + ["logger=default", "model.patch_size=24"]
+    steps = {s.name: s for s in plan_steps(point, (ADAFOCUS, ADAFOCUS_PLUS), baselines=True)}
+    run_step(steps["baseline_random"], runner=lambda overrides: run_stage(compose("train", overrides)))
+    for final in ("stage3", "stage3_plus"):
+        ckpt = experiment / final / "p24" / "seed0" / "checkpoints" / "last.ckpt"
+        eval_cli.run(compose("eval", [*steps[final].overrides, f"ckpt_path={ckpt}", "eval.exit_budgets=[]",
+                                      "eval.fixed_policies=[]", "eval.patch_figure_videos=2"]))
+    return experiment
+
+
+def test_a_baseline_is_told_apart_from_adafocus_stage_iii_by_job_type_and_tags(logged_experiment):
+    baseline = read_offline_run(next((logged_experiment / "stage3_random" / "p24" / "seed0" / "wandb")
+                                     .glob("offline-run-*")))
+    stage3 = read_offline_run(next((logged_experiment / "stage3" / "p24" / "seed0" / "wandb").glob("offline-run-*")))
+    assert baseline["job_type"] == "baseline" and stage3["job_type"] == "stage3"
+    assert {"baseline", "policy-random"} <= set(baseline["tags"])
+    assert {"method", "policy-learned", "adafocus"} <= set(stage3["tags"]) and "baseline" not in stage3["tags"]
+    assert baseline["config"]["stage"]["role"] == "baseline" and stage3["config"]["stage"]["patch_policy"] == "learned"
+
+
+def test_the_dashboard_spec_selects_exactly_the_two_variants_and_names_only_logged_metrics(logged_experiment,
+                                                                                             tmp_path):
+    from adafocus_pl.dashboard import main as dashboard_main
+    from adafocus_pl.evaluation.dashboard import read_runs, selected, variant_set
+
+    out = dashboard_main([str(logged_experiment), "--out", str(tmp_path / "spec.json"), "--dry-run"])
+    spec = json.loads(out.read_text())
+    runs = {r.run_id: r for r in read_runs(logged_experiment)}
+    assert len(runs) == 13  # 10 stages of the sweep, the baseline and 2 evaluations
+    by_name = {rs["name"]: {sel.split(":")[-1] for sel in rs["selects"]} for rs in spec["run_sets"]}
+    # the workspace's set and the two variants' sets: every AdaFocus and AdaFocus+ run, no baseline
+    method = {i for i, r in runs.items() if "baseline" not in r.tags}
+    assert by_name["AdaFocus and AdaFocus+"] == method and len(method) == 12
+    assert by_name["AdaFocus"] | by_name["AdaFocus+"] == method and not by_name["AdaFocus"] & by_name["AdaFocus+"]
+    assert {runs[i].job_type for i in by_name["AdaFocus+"]} == {"stage2", "stage3", "eval"}  # Stage I is shared
+    assert {runs[i].job_type for i in by_name["baselines (Table 5)"]} == {"baseline"}
+    # the spec's filters are the ones saved in the workspace view (W&B's filter format)
+    leaves = spec["workspace"]["spec"]["section"]["runSets"][0]["filters"]["filters"]
+    assert {(leaf["key"]["name"], leaf["op"]) for leaf in leaves} == {("jobType", "IN"), ("tags", "IN"), ("tags", "NIN")}
+    # every panel names metrics that a run of its run sets logged
+    sets = {rs["name"]: rs for rs in spec["run_sets"]}
+    titles = [s["title"] for s in spec["sections"]]
+    assert any("Stage II" in t for t in titles) and any("eta" in t for t in titles) and any("Online" in t for t in titles)
+    assert any(p["kind"] == "scatter" for s in spec["sections"] for p in s["panels"])
+    assert any(p["kind"] == "media" and "eval/patches" in p["y"] for s in spec["sections"] for p in s["panels"])
+    for section in spec["sections"]:
+        logged = set().union(*(runs[i].keys for name in section["run_sets"]
+                               for i in {sel.split(":")[-1] for sel in sets[name]["selects"]}))
+        for panel in section["panels"]:
+            assert set(panel["y"]) <= logged, (section["title"], panel)
+            assert panel["x"] == "Step" or panel["x"] in logged, (section["title"], panel)
+    # a run set's filters applied locally agree with what the spec lists
+    assert {r.run_id for r in selected(variant_set("adafocus_plus", ["stage3"], "x"), runs.values())} == {
+        i for i, r in runs.items() if r.job_type == "stage3" and "adafocus_plus" in r.tags}
+
+
 def test_a_two_point_sweep_runs_every_stage_and_the_report_lists_both(tiny_sweep):
     experiment, _, out = tiny_sweep
     for stage in STAGES:

@@ -28,33 +28,37 @@ def default_out_dir(ckpt_path: Path) -> Path:
 
 
 def log_to_wandb(cfg: DictConfig, result: dict[str, Any], paths: dict[str, Path], out_dir: Path) -> None:
-    """The results table, the online curves and the figures as one W&B run (job type ``eval``)."""
+    """The results table, the online and eta curves and the figures as one W&B run (job type ``eval``; the names:
+    :mod:`adafocus_pl.evaluation.wandb_metrics`)."""
     if not cfg.eval.wandb or OmegaConf.select(cfg, "logger.wandb") is None:
         return
     import wandb
 
+    from adafocus_pl.evaluation import wandb_metrics as keys
     from adafocus_pl.utils.wandb_run import finish_wandb
 
     settings = cfg.logger.wandb
-    columns = ["method", "top1", "mAP", "gflops_per_video", "keep_fraction", "hit_rate", "coverage", "budget",
-               "mean_frames_read"]
+    rows = result["rows"]
     try:
         run = wandb.init(project=settings.project, group=settings.group, job_type="eval",
                          name=f"eval-{Path(cfg.ckpt_path).stem}-{settings.name}", dir=str(out_dir),
                          mode="offline" if settings.offline else "online", tags=list(settings.tags),
-                         config={"ckpt_path": str(cfg.ckpt_path), **OmegaConf.to_container(cfg.eval, resolve=True)},
+                         config={"ckpt_path": str(cfg.ckpt_path), **OmegaConf.to_container(cfg.eval, resolve=True),
+                                 "plus": OmegaConf.to_container(cfg.plus, resolve=True),
+                                 "model": {"patch_size": int(cfg.model.patch_size)}},
                          reinit="finish_previous")
-        online = wandb.Table(columns=["method", "frames", "gflops", "top1", "mAP"],
-                             data=[[r["method"], p["frames"], p["gflops"], p["top1"], p["mAP"]]
-                                   for r in result["rows"] for p in r.get("online", ())])  # early exit: none
         run.log({
-            "eval/results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in result["rows"]]),
-            "eval/online": online,
-            **{f"eval/{name}": wandb.Image(str(path)) for name, path in paths.items() if path.suffix == ".png"},
+            keys.RESULTS_TABLE: wandb.Table(columns=list(keys.RESULTS_COLUMNS),
+                                            data=[[r.get(c) for c in keys.RESULTS_COLUMNS] for r in rows]),
+            keys.ONLINE_TABLE: wandb.Table(columns=["method", "frames", "gflops", "top1", "mAP"],
+                                           data=[[r["method"], p["frames"], p["gflops"], p["top1"], p["mAP"]]
+                                                 for r in rows for p in r.get("online", ())]),
+            **{keys.FIGURE.format(name=name): wandb.Image(str(path)) for name, path in paths.items()
+               if path.suffix == ".png"},
         })
-        for r in result["rows"]:
-            run.summary[f"eval/{r['method']}/top1"] = r["top1"]
-            run.summary[f"eval/{r['method']}/gflops_per_video"] = r["gflops_per_video"]
+        for step in keys.online_history(rows) + keys.eta_history(rows):
+            run.log(step)
+        run.summary.update(keys.row_summary(rows))
     finally:
         finish_wandb()
 

@@ -89,6 +89,22 @@ def families() -> dict[tuple[str, bool], str]:
             for step in PLAN if step.family}
 
 
+# the role of a run (conf/stage/*.yaml: stage.role), in its W&B tags and job type and in the report
+METHOD, BASELINE = "method", "baseline"
+
+
+def run_role(patch_policy: str) -> str:
+    """``baseline`` for a Stage III run with a Table 5 baseline's patch policy (a fixed policy or glance-only),
+    ``method`` for AdaFocus's own (learned) policy."""
+    return BASELINE if patch_policy in {name for _, name in BASELINES} else METHOD
+
+
+def job_type(stage_id: int, role: str) -> str:
+    """A run's W&B job type: ``stage<id>`` for the method's stages, ``baseline`` for every baseline, so that a
+    job-type filter never mixes a baseline with AdaFocus's Stage III."""
+    return BASELINE if role == BASELINE else f"stage{stage_id}"
+
+
 # ------------------------------------------------------------------------------------------------ the run layout
 def point_dir(patch_size: Any, seed: Any) -> str:
     """A sweep point's part of a run directory: ``p<P>/seed<s>``, or ``seed<s>`` for a run that every patch size

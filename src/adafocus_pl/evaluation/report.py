@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from adafocus_pl.evaluation.flops import gflops_per_video, model_component_gflops
 from adafocus_pl.evaluation.metrics import headline_metric
 from adafocus_pl.models.patch_policies import get_patch_policy
-from adafocus_pl.plan import PIPELINE, families, point_dir
+from adafocus_pl.plan import BASELINE, BASELINES, METHOD, PIPELINE, families, point_dir, run_role
 from adafocus_pl.utils.config import register_resolvers
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,12 @@ def run_info(directory: Path) -> dict[str, Any]:
     stage_id = int(get("stage.id"))
     plus = bool(get("plus.enabled", False)) and stage_id > 1
     policy = get("stage.module.patch_policy", "learned") if stage_id == 3 else None
+    # stage.role since runs name it (method | baseline); a run saved before that: from its Stage III policy
+    role = get("stage.role") or (run_role(policy) if policy else METHOD)
     return {
         "run_dir": str(directory), "experiment": get("experiment_name"), "stage": get("stage.name"),
         "stage_id": stage_id, "patch_size": int(get("model.patch_size")), "seed": int(get("seed", 0)),
-        "plus": plus, "patch_policy": policy, "monitor": get("monitor", "val/top1"),
+        "plus": plus, "patch_policy": policy, "role": role, "monitor": get("monitor", "val/top1"),
         "family": FAMILIES.get((policy, plus)) if stage_id == 3 else None,
         "frames": int(get("data.num_segments")), "crop": int(get("data.eval_crop")), "model": get("model"),
         "metrics": json.loads((directory / "metrics.json").read_text()),
@@ -107,7 +109,8 @@ def summary_rows(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]
     for (experiment, p, family), members in sorted(groups.items()):
         values = [m["metrics"].get(f"test/{metric}") for m in members]
         values = [v for v in values if v is not None]
-        rows.append({"experiment": experiment, "patch_size": p, "family": family, "seeds": len(members),
+        rows.append({"experiment": experiment, "patch_size": p, "family": family, "role": members[0]["role"],
+                     "seeds": len(members),
                      "values": values, "mean": statistics.mean(values) if values else None,
                      "gflops_per_video": statistics.mean(m["gflops_per_video"] for m in members),
                      "keep_fraction": statistics.mean(m["keep_fraction"] for m in members)})
@@ -130,12 +133,24 @@ def side_by_side_markdown(summary: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def baselines_markdown(summary: list[dict[str, Any]], metric: str) -> str:
+    """The baselines (Table 5's fixed policies and the glance-only network), one row each per patch size."""
+    lines = [f"| experiment | P | baseline | seeds | {metric} (%) | GFLOPs / video | frames through f_L (%) |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    order = {label: i for i, (label, _) in enumerate(BASELINES)}  # the plan's (and Table 5's) order
+    for r in sorted(summary, key=lambda r: (r["experiment"], r["patch_size"], order.get(r["family"], len(order)))):
+        lines.append(f"| {r['experiment']} | {r['patch_size']} | {r['family']} | {r['seeds']} | "
+                     f"{_mean_std(r['values']) if r['values'] else '–'} | {r['gflops_per_video']:.4g} | "
+                     f"{_pct(r['keep_fraction'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def runs_markdown(runs: list[dict[str, Any]]) -> str:
-    lines = ["| experiment | stage | family | P | seed | top-1 (%) | mAP (%) | GFLOPs / video | "
-             "frames through f_L (%) | patch hit rate (%) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| experiment | stage | role | family | P | seed | top-1 (%) | mAP (%) | GFLOPs / video | "
+             "frames through f_L (%) | patch hit rate (%) |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         m = r["metrics"]
-        lines.append(f"| {r['experiment']} | {r['stage']} | {r['family'] or '–'} | {r['patch_size']} | {r['seed']} | "
+        lines.append(f"| {r['experiment']} | {r['stage']} | {r['role']} | {r['family'] or '–'} | {r['patch_size']} | {r['seed']} | "
                      f"{_pct(m.get('test/top1'))} | {_pct(m.get('test/mAP'))} | {r['gflops_per_video']:.4g} | "
                      f"{_pct(r['keep_fraction'])} | {_pct(m.get('test/hit_rate'))} |")
     return "\n".join(lines) + "\n"
@@ -196,8 +211,13 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, metric: st
     if points:
         figure = plot_accuracy_vs_gflops(points, out / "accuracy_vs_gflops.png", metric=f"{metric} (%)",
                                          title=f"test split, {Path(root).name}")
+    methods = [r for r in summary if r["role"] != BASELINE]
+    baselines = [r for r in summary if r["role"] == BASELINE]
     text = [f"# Report: {Path(root).resolve()}", "", f"## Final models (test {metric}, mean ± std over seeds)", "",
-            side_by_side_markdown(summary, metric) if summary else "(no stage III run yet)\n"]
+            side_by_side_markdown(methods, metric) if methods else "(no stage III run yet)\n"]
+    if baselines:
+        text += [f"## Baselines (Table 5: Stage III's budget from the Stage I weights; test {metric})", "",
+                 baselines_markdown(baselines, metric)]
     tables = pipeline_tables(Path(root))
     if tables:
         text += [f"## make train's table (test {metric}, mean ± std over seeds)", "",

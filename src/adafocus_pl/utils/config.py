@@ -41,6 +41,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("adafocus.project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("adafocus.when"):  # ${adafocus.when:COND,VALUE}: VALUE if COND is truthy, else null
         OmegaConf.register_new_resolver("adafocus.when", lambda condition, value: value if condition else None)
+    if not OmegaConf.has_resolver("adafocus.role"):  # ${adafocus.role:PATCH_POLICY}: method | baseline
+        OmegaConf.register_new_resolver("adafocus.role", lambda policy: plan.run_role(str(policy)))
+    if not OmegaConf.has_resolver("adafocus.job_type"):  # ${adafocus.job_type:STAGE_ID,ROLE}: stage<id> | baseline
+        OmegaConf.register_new_resolver("adafocus.job_type", lambda stage_id, role: plan.job_type(stage_id, role))
 
 
 _COMPOSING = threading.Lock()  # Hydra's GlobalHydra is one per process: one composition at a time

@@ -59,15 +59,19 @@ def resume_wandb_run(cfg: DictConfig, ckpt_path: str) -> DictConfig:
     return cfg
 
 
+def has_wandb_key() -> bool:
+    """Whether W&B has a key to log in with (``WANDB_API_KEY`` or ``wandb login``'s netrc entry); never prompts."""
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+
+
 def check_wandb_mode(cfg: DictConfig) -> None:
     """``logger.wandb.offline=false`` is the one switch to go online: it needs a key, and it wins over a
     ``WANDB_MODE=offline`` set by the Makefile. Never lets W&B stop a run to ask for a key."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if not wandb_cfg or wandb_cfg.get("offline", True):
         return
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
-    if not has_key:
+    if not has_wandb_key():
         raise RuntimeError(
             "logger.wandb.offline=false but no W&B key was found: run `wandb login` (or export WANDB_API_KEY), "
             "or keep logging offline (the default) and upload later with `wandb sync <run dir>/wandb/offline-run-*`."
