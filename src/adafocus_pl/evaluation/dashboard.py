@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +111,20 @@ def read_runs(root: str | Path) -> list[LoggedRun]:
     """Every W&B run under ``root``, read back from its file (no account, no network)."""
     from adafocus_pl.utils.wandb_offline import read_offline_run
 
-    runs = []
+    runs: dict[str, LoggedRun] = {}
     for path in run_files(root):
         run = read_offline_run(path)
         if not run.get("run_id"):
             continue  # a file cut short before its run record
-        runs.append(LoggedRun(str(path), run["run_id"], run.get("project", ""), run.get("group", ""),
-                              run.get("job_type", ""), tuple(run.get("tags", ())), run["config"],
-                              _metric_keys(run["history"]), _metric_keys([run["summary"]])))
-    return runs
+        logged = LoggedRun(str(path), run["run_id"], run.get("project", ""), run.get("group", ""),
+                           run.get("job_type", ""), tuple(run.get("tags", ())), run["config"],
+                           _metric_keys(run["history"]), _metric_keys([run["summary"]]))
+        earlier = runs.get(logged.run_id)
+        if earlier is not None:  # a resumed stage continues its W&B run in a second file: W&B syncs them as one
+            logged = replace(logged, history_keys=logged.history_keys | earlier.history_keys,
+                             summary_keys=logged.summary_keys | earlier.summary_keys)
+        runs[logged.run_id] = logged
+    return list(runs.values())
 
 
 def _metric_keys(rows: list[dict[str, Any]]) -> frozenset[str]:
