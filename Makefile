@@ -51,6 +51,12 @@ sweep: $(STAMP)  ## Hydra multirun: the whole stage chain per patch size and var
 report: $(STAMP)  ## table + accuracy-vs-GFLOPs plot of every run under logs/synthetic
 	$(BIN)/python -m adafocus_pl.report logs/synthetic
 
+# the walkthrough on the runs of make train, saved with its outputs (tables, figures) for a forge's notebook viewer;
+# stops with "run `make train` first" when they are missing (notebooks/execute.py)
+.PHONY: notebook
+notebook: $(STAMP)  ## re-execute notebooks/walkthrough.ipynb in place on the runs of make train
+	$(BIN)/python notebooks/execute.py notebooks/walkthrough.ipynb
+
 # inference speed on the paper's full-size networks (change it: make bench BENCH="--frames 8 --batch 2")
 BENCH ?=
 
