@@ -4,12 +4,14 @@
 
 Each notebook runs in a fresh kernel with its own folder as the working directory, as Jupyter would run it. The
 saved copy keeps what a reader needs (printed text, Markdown tables, figures as image/png, which a forge's
-notebook viewer renders) and drops what would change from one run to the next without saying anything:
+notebook viewer renders), drops what would change from one run to the next without saying anything, and stays
+small (two runs on the same checkpoints give the same bytes):
 
 - no per-cell execution timestamps (nbclient's ``record_timing`` is off) and no widget state; execution counts are
   1, 2, 3, ... in cell order, as a fresh kernel numbers them; consecutive prints to a stream are one output (the
   kernel splits them wherever its flushes fell);
 - no progress bars or warnings: the kernel runs with ``TQDM_DISABLE=1`` and ``PYTHONWARNINGS=ignore``;
+- a Markdown output (a table) keeps its source as its text/plain fallback too;
 - figures are stored as 256-colour palette PNGs (the patch grids have ~350 colours, so the largest error is 3/255
   there; the line plots lose a few antialiasing shades): about half the bytes of matplotlib's RGBA PNGs, and
   without its version stamp. The PNG files the notebook writes to its output folder are left as they are.
@@ -71,6 +73,8 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
                 out.execution_count = count
             if "image/png" in out.get("data", {}):
                 out.data["image/png"] = compact_png(out.data["image/png"])
+            if "text/markdown" in out.get("data", {}):  # a viewer without Markdown outputs shows the table's source,
+                out.data["text/plain"] = out.data["text/markdown"]  # not "<IPython.core.display.Markdown object>"
     return nb
 
 
