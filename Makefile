@@ -13,7 +13,7 @@ export HYDRA_FULL_ERROR ?= 1
 # and scipy from source again on each start (docs/performance.md).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help install train seeds sweep report dashboard bench test test-full lint data clean clean-logs
+.PHONY: help install train seeds sweep report dashboard notebook bench test test-full lint data clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,11 @@ DASHBOARD ?=
 
 dashboard: $(STAMP)  ## W&B workspace + report "AdaFocus vs AdaFocus+" of logs/synthetic (without a login: its spec, JSON)
 	$(BIN)/python -m adafocus_pl.dashboard logs/synthetic $(DASHBOARD)
+
+# the walkthrough on the runs of make train, saved with its outputs (tables, figures) for a forge's notebook viewer;
+# stops with "run `make train` first" when they are missing (notebooks/execute.py)
+notebook: $(STAMP)  ## re-execute notebooks/walkthrough.ipynb in place on the runs of make train
+	$(BIN)/python notebooks/execute.py notebooks/walkthrough.ipynb
 
 # inference speed on the paper's full-size networks (change it: make bench BENCH="--frames 8 --batch 2")
 BENCH ?=
