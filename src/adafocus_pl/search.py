@@ -83,7 +83,8 @@ def with_tag(overrides: list[str], tag: str) -> list[str]:
     return [*overrides, f"tags=[{quoted}]"]
 
 
-def trial_steps(overrides: list[str], params: list[str], plus: bool, key: str, until: str | None = None) -> list[Step]:
+def trial_steps(overrides: list[str], params: list[str], plus: bool, key: str,
+                until: str | None = None) -> list[Step]:
     """Trial ``key``'s chain (no baselines), up to step ``until`` (None: the variant's final model): the shared
     steps without the searched overrides, the trial's own ones with ``trial.key`` / ``trial.stages`` (their runs
     under ``trials/<key>/``) and the search's W&B tag."""
@@ -96,6 +97,10 @@ def trial_steps(overrides: list[str], params: list[str], plus: bool, key: str, u
                              f"them, or search.until=null for the whole chain")
         steps = steps[:names.index(until) + 1]
     own = trial_stages(steps, searched)
+    if searched and not own:
+        raise ValueError(f"no stage of this chain ({', '.join(s.name for s in steps)}) reads the searched keys "
+                         f"({', '.join(params)}): every trial would be the same run. Search keys the stages read "
+                         f"(hydra.sweeper.params), e.g. schedule.stage2.optimizer.lr")
     trial = [f"trial.key='{key}'", f"trial.stages=[{','.join(own)}]"]
     return [replace(step, overrides=with_tag([*step.overrides, *trial], SEARCH_TAG)) if step.name in own
             else replace(step, overrides=[o for o in step.overrides if o not in searched]) for step in steps]
@@ -108,7 +113,7 @@ def objective(run_dir: Path, metric: str) -> float:
     if metric not in metrics:
         have = sorted(k for k in metrics if k.startswith("val/")) or sorted(metrics)
         raise MissingMetricError(
-            f"the search maximises {metric} (search.metric, default: monitor) but the trial's final run has no "
+            f"the search maximises {metric} (search.metric, default: monitor) but the trial's last run has no "
             f"{metric} in {path}" + (f"; it has {', '.join(have)}" if have else " (no metrics.json)") +
             ". Set monitor=... (or search.metric=...) to one of the val/ metrics its stage logs, e.g. "
             "monitor=val/top1 or monitor=val/mAP")
