@@ -152,15 +152,15 @@ def register_resolvers() -> None:
     """``${adafocus.run_dir:STAGE}``: the run directory of STAGE for this config's experiment, patch size and seed;
     ``${adafocus.point_dir:}``: its sweep point's part, :func:`point_dir`, under ``trials/<key>/`` for a search
     trial's own stage (so each trial's runs get their own W&B group); ``${adafocus.trial_key:}``: the
-    :func:`trial_key` of the values this config gives the search's parameters (``hydra.sweeper.params``)
-    (idempotent)."""
+    :func:`trial_key` of the values this config gives the search's parameters (``search.params``, which the
+    search's sweeper sets per trial) (idempotent)."""
     if not OmegaConf.has_resolver("adafocus.run_dir"):
         OmegaConf.register_new_resolver("adafocus.run_dir", lambda stage, *, _root_: run_dir_of(_root_, str(stage)))
     if not OmegaConf.has_resolver("adafocus.point_dir"):
         OmegaConf.register_new_resolver("adafocus.point_dir", _point_dir_of)
     if not OmegaConf.has_resolver("adafocus.trial_key"):
         OmegaConf.register_new_resolver("adafocus.trial_key", lambda *, _root_: trial_key(
-            {name: OmegaConf.select(_root_, name) for name in _root_.hydra.sweeper.params or {}}))
+            {name: OmegaConf.select(_root_, name) for name in OmegaConf.select(_root_, "search.params") or []}))
 
 
 def _point_dir_of(*, _root_: Any) -> str:

@@ -1,6 +1,7 @@
 """Hyper-parameter search over the stage chain: ``python -m adafocus_pl.sweep -m hparams_search=stage2_optuna``.
 
-Hydra's Optuna sweeper proposes values for the keys of ``hydra.sweeper.params`` (conf/hparams_search); each trial
+Hydra's Optuna sweeper proposes values for the keys of ``hydra.sweeper.params`` (conf/hparams_search) and of
+sweep overrides on the command line (``schedule.stage3.optimizer.lr="tag(log, interval(1e-4, 1e-2))"``); each trial
 is one sweep job (:mod:`adafocus_pl.sweep`) that runs its variant's chain through :mod:`adafocus_pl.chain`
 (:func:`run_trial`):
 
@@ -133,7 +134,10 @@ def run_trial(cfg: DictConfig, overrides: list[str], plus: bool) -> float:
     """One trial (a sweep job of the search): its chain, then its value; writes ``trial.json`` in its job
     directory."""
     metric = search_metric(cfg)
-    params = [str(name) for name in (HydraConfig.get().sweeper.params or {})]
+    params = [str(name) for name in cfg.search.params or []]  # set by the sweeper (_configure_trials)
+    if not params:
+        raise ValueError("search.params is empty: this job was not started by the search's sweeper "
+                         "(hparams_search=... with hydra/sweeper the one conf/hparams_search selects)")
     key = trial_key(values_of(cfg, params))  # as the job directory's ${adafocus.trial_key:}
     steps = trial_steps(overrides, params, plus, key, cfg.search.get("until"))
     results = [(step, *run_step(step)) for step in steps]
@@ -166,6 +170,14 @@ class ResumingOptunaSweeperImpl(OptunaSweeperImpl):
     """Optuna's sweeper that runs only the trials its study still lacks (``n_trials`` minus the COMPLETE ones),
     re-runs a killed search's unfinished trials with their values first, and writes the best trial to
     ``<search dir>/best.yaml``. A finished search starts no training and prints its best trial again."""
+
+    def _configure_trials(self, trials, search_space_distributions, fixed_params):
+        """Optuna's trial overrides plus ``search.params``: the keys it proposes values for (those of
+        ``hydra.sweeper.params`` and of sweep overrides on the command line), which the trial keeps out of its
+        shared stages and names its folder by."""
+        keys = ",".join(f"'{name}'" for name in sorted(search_space_distributions))
+        return [(*overrides, f"search.params=[{keys}]")
+                for overrides in super()._configure_trials(trials, search_space_distributions, fixed_params)]
 
     def sweep(self, arguments: list[str]) -> None:
         if isinstance(self.storage, str) and self.storage.startswith("sqlite:///"):
