@@ -76,7 +76,8 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
     for metrics in sorted(root.rglob("metrics.json")):
         directory = metrics.parent
         # runs moved aside, and a search's trials (adafocus_pl.search), are not sweep points
-        if {"_replaced", TRIALS} & set(directory.relative_to(root).parts) or not (directory / ".hydra" / "config.yaml").is_file():
+        parts = set(directory.relative_to(root).parts)
+        if {"_replaced", TRIALS} & parts or not (directory / ".hydra" / "config.yaml").is_file():
             continue
         try:
             runs.append(add_gflops(run_info(directory)))
