@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 
+from adafocus_pl.evaluation.report import collect_runs
 from adafocus_pl.plan import run_directory, trial_key
 from adafocus_pl.search import MissingMetricError, objective, resume_study, trial_steps
 from adafocus_pl.utils.config import compose
@@ -109,6 +110,8 @@ def test_a_two_trial_search_shares_stage_one_and_reports_its_best_trial(tiny_sea
     assert best["params"] == winner["params"] and best["runs"]["stage2"] == winner["runs"]["stage2"]
     assert json.loads((Path(best["runs"]["stage2"]) / "metrics.json").read_text())["val/top1"] == best["value"]
     assert f"best of 2 trials: val/top1 = {best['value']:.4f}" in out
+    # the trials are not sweep points: the report of the experiment lists the shared Stage I only
+    assert [run["stage"] for run in collect_runs(experiment)] == ["stage1"]
 
 
 def test_rerunning_a_finished_search_trains_nothing_and_reports_the_same_best(tiny_search):

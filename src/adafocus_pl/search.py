@@ -136,8 +136,9 @@ def run_trial(cfg: DictConfig, overrides: list[str], plus: bool) -> float:
     metric = search_metric(cfg)
     params = [str(name) for name in cfg.search.params or []]  # set by the sweeper (_configure_trials)
     if not params:
-        raise ValueError("search.params is empty: this job was not started by the search's sweeper "
-                         "(hparams_search=... with hydra/sweeper the one conf/hparams_search selects)")
+        raise ValueError("search.params is empty: this job was not started by the search's own sweeper; run "
+                         "python -m adafocus_pl.sweep -m hparams_search=stage2_optuna (make search), and keep "
+                         "hydra.sweeper as conf/hparams_search sets it")
     key = trial_key(values_of(cfg, params))  # as the job directory's ${adafocus.trial_key:}
     steps = trial_steps(overrides, params, plus, key, cfg.search.get("until"))
     results = [(step, *run_step(step)) for step in steps]
@@ -154,7 +155,8 @@ def run_trial(cfg: DictConfig, overrides: list[str], plus: bool) -> float:
 # ------------------------------------------------------------------------------------------------- the sweeper
 def resume_study(study: optuna.Study) -> int:
     """Prepare a study for another run of the same search: trials left RUNNING by a killed search are marked
-    FAIL and their values queued again (their runs resume), once; returns how many were queued."""
+    FAIL and their values queued again (their runs resume), once; returns how many were queued. One search
+    process per study at a time: a trial that another running search is working on would look killed."""
     waiting = [t.params for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
     queued = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
