@@ -13,7 +13,7 @@ export HYDRA_FULL_ERROR ?= 1
 # and scipy from source again on each start (docs/performance.md).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help install train seeds sweep report dashboard notebook bench test test-full lint data clean clean-logs
+.PHONY: help install train seeds sweep search report dashboard notebook bench test test-full lint data clean clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,13 @@ SWEEP ?= model.patch_size=24,32,48 plus=off,on seed=0
 
 sweep: $(STAMP)  ## Hydra multirun: the whole stage chain per patch size and variant, then the report
 	$(BIN)/python -m adafocus_pl.sweep -m $(SWEEP)
+
+# the synthetic default search: Optuna over Stage II's learning rate and entropy weight, 3 trials (conf/hparams_search;
+# change it: make search SEARCH="hparams_search=stage2_optuna hydra.sweeper.n_trials=10 model.patch_size=48")
+SEARCH ?= hparams_search=stage2_optuna
+
+search: $(STAMP)  ## Optuna search over Stage II's lr and entropy weight, then its best trial (re-run: only missing trials)
+	$(BIN)/python -m adafocus_pl.sweep -m $(SEARCH)
 
 report: $(STAMP)  ## table + accuracy-vs-GFLOPs plot of every run under logs/synthetic
 	$(BIN)/python -m adafocus_pl.report logs/synthetic

@@ -14,6 +14,8 @@ whose baselines it runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +29,10 @@ SHARED = "shared"  # a step both variants run, with plus=off, so that they find 
 TRAIN, EVAL = "train", "eval"
 # the folders of one sweep point that are not stages: make train's results table and a sweep job's Hydra files
 PIPELINE, SWEEP = "pipeline", "sweep"
+# a hyper-parameter search's trials keep their own runs of the stages they change (adafocus_pl.search):
+# <log_dir>/<experiment>/trials/<trial key>/<stage>/p<P>/seed<s>
+TRIALS = "trials"
+SEARCH_TAG = "hparams_search"  # the W&B tag of every trial's own runs
 
 # Table 5's fixed policies and the glance-only model (the patch-policy registry's baselines), each given Stage
 # III's budget from the Stage I weights: (results label, stage.module.patch_policy)
@@ -112,11 +118,30 @@ def point_dir(patch_size: Any, seed: Any) -> str:
     return ("" if patch_size is None else f"p{patch_size}/") + f"seed{seed}"
 
 
-def run_directory(log_dir: Any, experiment_name: str, stage: str, patch_size: Any, seed: Any) -> str:
+def run_directory(log_dir: Any, experiment_name: str, stage: str, patch_size: Any, seed: Any,
+                  trial: str | None = None) -> str:
     """The run directory of one stage of one sweep point: a pure function of its identity (no timestamps), so a
     re-run of the same command finds its own checkpoints, every DDP rank resolves the same directory, and the next
-    stage finds this one. ``patch_size`` None: a run every patch size shares."""
-    return f"{log_dir}/{experiment_name}/{stage}/{point_dir(patch_size, seed)}"
+    stage finds this one. ``patch_size`` None: a run every patch size shares. ``trial``: the key of a
+    hyper-parameter search's trial (:func:`trial_key`) that changes this stage; its run lives under
+    ``<experiment>/trials/<key>/`` so that trials never share or replace each other's runs."""
+    experiment = f"{log_dir}/{experiment_name}" + (f"/{TRIALS}/{trial}" if trial else "")
+    return f"{experiment}/{stage}/{point_dir(patch_size, seed)}"
+
+
+def trial_key(params: dict[str, Any]) -> str:
+    """The folder of a search trial with these parameter values (``{"schedule.stage2.optimizer.lr": 3e-4, ...}``):
+    a pure function of them, so a re-run of the same values finds its runs. Readable (each key's last part and the
+    value to 3 digits) and exact (a hash of the values themselves): two trials whose values round alike differ."""
+    items = sorted((str(name), value) for name, value in params.items())
+    readable = "_".join(f"{name.split('.')[-1]}{_short(value)}" for name, value in items)
+    digest = hashlib.sha1(json.dumps(items, default=str).encode()).hexdigest()[:8]
+    return f"{readable}-{digest}"
+
+
+def _short(value: Any) -> str:
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    return "".join(c if c.isalnum() or c in ".-+" else "-" for c in text)
 
 
 def shared_by_patch_sizes(stage: str) -> bool:
@@ -124,20 +149,41 @@ def shared_by_patch_sizes(stage: str) -> bool:
     return any(step.name == stage and not step.per_patch_size for step in PLAN)
 
 
+def trial_of(cfg: Any, stage: str) -> str | None:
+    """The search trial whose own run of ``stage`` this config is about (``trial.key`` when ``stage`` is among
+    ``trial.stages``; the search sets both, :mod:`adafocus_pl.search`), else None."""
+    trial = OmegaConf.select(cfg, "trial", default=None)
+    if not trial or not trial.get("key") or stage not in (trial.get("stages") or []):
+        return None
+    return str(trial.key)
+
+
 def run_dir_of(cfg: Any, stage: str) -> str:
-    """:func:`run_directory` of ``stage`` for the experiment, patch size and seed of a composed config."""
+    """:func:`run_directory` of ``stage`` for the experiment, patch size, seed (and search trial) of a composed
+    config."""
     patch_size = None if shared_by_patch_sizes(stage) else cfg.model.patch_size
-    return run_directory(cfg.paths.log_dir, cfg.experiment_name, stage, patch_size, cfg.seed)
+    return run_directory(cfg.paths.log_dir, cfg.experiment_name, stage, patch_size, cfg.seed, trial_of(cfg, stage))
 
 
 def register_resolvers() -> None:
     """``${adafocus.run_dir:STAGE}``: the run directory of STAGE for this config's experiment, patch size and seed;
-    ``${adafocus.point_dir:}``: its sweep point's part, :func:`point_dir` (idempotent)."""
+    ``${adafocus.point_dir:}``: its sweep point's part, :func:`point_dir`, under ``trials/<key>/`` for a search
+    trial's own stage (so each trial's runs get their own W&B group); ``${adafocus.trial_key:}``: the
+    :func:`trial_key` of the values this config gives the search's parameters (``search.params``, which the
+    search's sweeper sets per trial) (idempotent)."""
     if not OmegaConf.has_resolver("adafocus.run_dir"):
         OmegaConf.register_new_resolver("adafocus.run_dir", lambda stage, *, _root_: run_dir_of(_root_, str(stage)))
     if not OmegaConf.has_resolver("adafocus.point_dir"):
-        OmegaConf.register_new_resolver("adafocus.point_dir",
-                                        lambda *, _root_: point_dir(_root_.model.patch_size, _root_.seed))
+        OmegaConf.register_new_resolver("adafocus.point_dir", _point_dir_of)
+    if not OmegaConf.has_resolver("adafocus.trial_key"):
+        OmegaConf.register_new_resolver("adafocus.trial_key", lambda *, _root_: trial_key(
+            {name: OmegaConf.select(_root_, name) for name in OmegaConf.select(_root_, "search.params") or []}))
+
+
+def _point_dir_of(*, _root_: Any) -> str:
+    point = point_dir(_root_.model.patch_size, _root_.seed)
+    trial = trial_of(_root_, str(OmegaConf.select(_root_, "stage.name", default="")))
+    return f"{TRIALS}/{trial}/{point}" if trial else point
 
 
 register_resolvers()

@@ -4,7 +4,8 @@ Each Hydra job is one sweep point (experiment, patch size, seed, AdaFocus or Ada
 of the plan (:mod:`adafocus_pl.plan`) through :mod:`adafocus_pl.chain`; the job's own directory (the run directory
 of ``sweep`` for its patch size and seed, one folder per variant: conf/sweep.yaml) keeps its Hydra config and log.
 When the multirun ends, the report of every run under the experiment's directory is written
-(``python -m adafocus_pl.report``). Any Hydra launcher works, e.g. ``hydra/launcher=submitit_slurm``.
+(``python -m adafocus_pl.report``). Any Hydra launcher works, e.g. ``hydra/launcher=submitit_slurm``. With
+``hparams_search=...`` the multirun is an Optuna search and each job one of its trials (:mod:`adafocus_pl.search`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from adafocus_pl.utils.config import config_dir, register_resolvers
 register_resolvers()
 
 
-SWEEP_KEYS = ("report", "baselines")
+SWEEP_KEYS = ("report", "baselines", "hparams_search", "search")
 
 
 def experiment_dir(cfg: DictConfig) -> Path:
@@ -36,8 +37,13 @@ def main(cfg: DictConfig) -> float | None:
     from adafocus_pl.chain import run_chain
 
     # the sweep's own keys (conf/sweep.yaml) are not settings of the stages it runs
-    overrides = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in SWEEP_KEYS]
+    overrides = [o for o in HydraConfig.get().overrides.task
+                 if o.split("=")[0].lstrip("+~").split(".")[0] not in SWEEP_KEYS]
     plus = bool(cfg.plus.enabled)
+    if cfg.get("search"):  # hparams_search=...: this job is one trial of an Optuna search
+        from adafocus_pl.search import run_trial
+
+        return run_trial(cfg, overrides, plus)
     # the AdaFocus point also runs the fixed-policy baselines of its patch size (the plan's baselines are
     # AdaFocus's steps; AdaFocus+ shares its Stage I)
     results = run_chain(overrides, plus=plus, baselines=bool(cfg.get("baselines", True)))

@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from adafocus_pl.evaluation import wandb_metrics as eval_keys
-from adafocus_pl.plan import ADAFOCUS, ADAFOCUS_PLUS, BASELINE, METHOD, PLAN, SHARED, TRAIN
+from adafocus_pl.plan import ADAFOCUS, ADAFOCUS_PLUS, BASELINE, METHOD, PLAN, SEARCH_TAG, SHARED, TRAIN
 
 TITLE = "AdaFocus vs AdaFocus+"
 WORKSPACE_NAME = "AdaFocus vs AdaFocus plus"  # W&B refuses symbols (such as +) in workspace names
 VARIANTS = {ADAFOCUS: "AdaFocus", ADAFOCUS_PLUS: "AdaFocus+"}
 EVAL_JOB = "eval"
 # runs that are not part of the comparison whatever their variant (a hyper-parameter search's trials)
-EXCLUDED_TAGS: tuple[str, ...] = ("hparams_search",)
+EXCLUDED_TAGS: tuple[str, ...] = (SEARCH_TAG,)
 
 # the curves of each stage (its W&B job type), in the order they are drawn; a metric no selected run logged is left
 # out. Paper: Stage I Eq. 5, Stage II Eqs. 6-7 (AdaFocus+: Eq. 10), Stage III Sec. 3.2.

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from adafocus_pl.evaluation.flops import gflops_per_video, model_component_gflops
 from adafocus_pl.evaluation.metrics import headline_metric
 from adafocus_pl.models.patch_policies import get_patch_policy
-from adafocus_pl.plan import BASELINE, BASELINES, METHOD, PIPELINE, families, point_dir, run_role
+from adafocus_pl.plan import BASELINE, BASELINES, METHOD, PIPELINE, TRIALS, families, point_dir, run_role
 from adafocus_pl.utils.config import register_resolvers
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,9 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
     runs = []
     for metrics in sorted(root.rglob("metrics.json")):
         directory = metrics.parent
-        if "_replaced" in directory.relative_to(root).parts or not (directory / ".hydra" / "config.yaml").is_file():
+        # runs moved aside, and a search's trials (adafocus_pl.search), are not sweep points
+        parts = set(directory.relative_to(root).parts)
+        if {"_replaced", TRIALS} & parts or not (directory / ".hydra" / "config.yaml").is_file():
             continue
         try:
             runs.append(add_gflops(run_info(directory)))

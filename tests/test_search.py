@@ -1,0 +1,154 @@
+"""`make search`'s machinery (adafocus_pl.search) on tiny data: a 2-trial Optuna search over Stage II's settings
+shares one Stage I, gives each trial its own Stage II/III runs and W&B group, reports its best trial, runs nothing
+on a re-run, resumes a killed search's trial, and stops with a clear error when its metric is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from adafocus_pl.evaluation.report import collect_runs
+from adafocus_pl.plan import run_directory, trial_key
+from adafocus_pl.search import MissingMetricError, objective, resume_study, trial_steps
+from adafocus_pl.utils.config import compose
+from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+# two trials, each ending with its Stage II (the default chain's Stage III: test_a_trial_shares_stages_zero_and_one...)
+SEARCH = ["hparams_search=stage2_optuna", "hydra.sweeper.n_trials=2", "search.until=stage2"]
+
+
+def search(overrides: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "adafocus_pl.sweep", "-m", *overrides]
+    # src/ too: Hydra finds the project's sweeper in its hydra_plugins package
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
+    if check:
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def tiny_search(tiny_synthetic, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("search_logs")
+    overrides = tiny_overrides(tiny_synthetic, logs) + SEARCH
+    return logs / "synthetic", overrides, search(overrides).stdout
+
+
+def test_the_config_group_searches_stage_two_keys_of_the_schedule(tmp_path):
+    cfg = compose("sweep", [f"paths.log_dir={tmp_path}", "hparams_search=stage2_optuna"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("ResumingOptunaSweeper") and sweeper.direction == "maximize"
+    assert set(sweeper.params) == {"schedule.stage2.optimizer.lr", "schedule.stage2.entropy_weight"}
+    assert cfg.hydra.sweep.dir == f"{tmp_path}/synthetic/search/stage2_optuna"
+    assert sweeper.storage == f"sqlite:///{tmp_path}/synthetic/search/stage2_optuna/optuna.db"
+    assert cfg.search.metric == "val/top1" and not cfg.baselines and not cfg.plus.enabled
+    # Stage II reads the schedule's entropy weight, with the value it had as a constant (make train unchanged)
+    stage2 = compose("train", ["stage=stage2"])
+    assert stage2.stage.module.entropy_weight == 0.01
+    assert compose("train", ["stage=stage2", "schedule.stage2.entropy_weight=0.05"]).stage.module.entropy_weight \
+        == 0.05
+
+
+def test_each_trial_has_its_own_run_directories_and_wandb_group(tmp_path):
+    groups, dirs = set(), set()
+    for key in (trial_key({"schedule.stage2.optimizer.lr": 1e-3}), trial_key({"schedule.stage2.optimizer.lr": 2e-3})):
+        trial = [f"paths.log_dir={tmp_path}", f"trial.key={key}", "trial.stages=[stage2,stage3]"]
+        stage3 = compose("train", [*trial, "stage=stage3"], return_hydra_config=True)
+        assert stage3.paths.run_dir == run_directory(tmp_path, "synthetic", "stage3", 32, 0, key)
+        assert stage3.init_from == run_directory(tmp_path, "synthetic", "stage2", 32, 0, key) + \
+            "/checkpoints/last.ckpt"
+        stage2 = compose("train", [*trial, "stage=stage2"], return_hydra_config=True)
+        assert stage2.init_from == run_directory(tmp_path, "synthetic", "stage1", 32, 0) + "/checkpoints/last.ckpt"
+        groups.add(stage3.logger.wandb.group)
+        dirs.add(stage3.paths.run_dir)
+    assert len(groups) == 2 and len(dirs) == 2
+    assert trial_key({"a.lr": 1.0000001e-3}) != trial_key({"a.lr": 1.0000002e-3})  # round alike, differ
+
+
+def test_a_trial_shares_stages_zero_and_one_and_runs_its_own_stage_two_and_three(tmp_path):
+    lr = "schedule.stage2.optimizer.lr=0.002"
+    steps = trial_steps([f"paths.log_dir={tmp_path}", lr, "seed=1"], ["schedule.stage2.optimizer.lr"], False, "k1")
+    assert [step.name for step in steps] == ["stage0", "stage1", "stage2", "stage3"]  # the synthetic schedule's
+    stage0, stage1, stage2, stage3 = steps
+    for step in (stage0, stage1):  # they do not read schedule.stage2: one run serves every trial
+        assert lr not in step.overrides and not any(o.startswith(("trial.", "tags=")) for o in step.overrides)
+    for step in (stage2, stage3):
+        assert lr in step.overrides and "trial.key='k1'" in step.overrides
+        assert "trial.stages=[stage2,stage3]" in step.overrides
+    # Stage I is make train's own run (the same config, so the chain finds it done)
+    assert compose("train", stage1.overrides) == compose("train", [f"paths.log_dir={tmp_path}", "seed=1",
+                                                                     "stage=stage1", "plus=off"])
+
+
+def test_a_two_trial_search_shares_stage_one_and_reports_its_best_trial(tiny_search):
+    experiment, _, out = tiny_search
+    assert out.count("$ ") == 3, out  # Stage I once, then Stage II per trial
+    assert (experiment / "stage1" / "p32" / "seed0" / "metrics.json").is_file()
+    trials = sorted((experiment / "trials").iterdir())
+    assert len(trials) == 2
+    for trial in trials:
+        for stage in ("stage2",):
+            run = trial / stage / "p32" / "seed0"
+            assert (run / "metrics.json").is_file()
+            saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+            assert "hparams_search" in saved["tags"] and saved["trial"]["key"] == trial.name
+        assert not (trial / "stage1").exists() and not (trial / "stage3").exists()
+    search_dir = experiment / "search" / "stage2_optuna"
+    records = [json.loads(p.read_text()) for p in search_dir.glob("trials/*/trial.json")]
+    assert len(records) == 2 and records[0]["params"] != records[1]["params"]
+    best = yaml.safe_load((search_dir / "best.yaml").read_text())
+    assert best["value"] == max(r["value"] for r in records) and best["trials_complete"] == 2
+    winner = next(r for r in records if r["key"] == best["trial_key"])
+    assert best["params"] == winner["params"] and best["runs"]["stage2"] == winner["runs"]["stage2"]
+    assert json.loads((Path(best["runs"]["stage2"]) / "metrics.json").read_text())["val/top1"] == best["value"]
+    assert f"best of 2 trials: val/top1 = {best['value']:.4f}" in out
+    # the trials are not sweep points: the report of the experiment lists the shared Stage I only
+    assert [run["stage"] for run in collect_runs(experiment)] == ["stage1"]
+
+
+def test_rerunning_a_finished_search_trains_nothing_and_reports_the_same_best(tiny_search):
+    experiment, overrides, _ = tiny_search
+    best = (experiment / "search" / "stage2_optuna" / "best.yaml").read_text()
+    out = search(overrides).stdout
+    assert "$ " not in out and "2 of 2 trials done, 0 to run" in out
+    assert (experiment / "search" / "stage2_optuna" / "best.yaml").read_text() == best
+
+
+def test_a_missing_metric_stops_the_search_with_a_clear_error(tiny_search):
+    _, overrides, _ = tiny_search
+    # a new study whose first proposal is the first study's (same sampler seed): its runs are found done
+    done = search([*overrides, "search.study=missing", "search.metric=val/top5", "hydra.sweeper.n_trials=1"],
+                  check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "has no val/top5 in" in output and "val/top1" in output and "monitor=" in output
+
+
+def test_objective_names_the_metric_the_file_and_what_it_has(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"val/top1": 0.5, "test/top1": 0.4}))
+    assert objective(tmp_path, "val/top1") == 0.5
+    with pytest.raises(MissingMetricError, match=r"no val/mAP in .*metrics\.json; it has val/top1\. Set monitor="):
+        objective(tmp_path, "val/mAP")
+
+
+def test_a_killed_searchs_running_trial_runs_again_with_its_values_once():
+    study = optuna.create_study(direction="maximize")
+    finished = study.ask()
+    finished.suggest_float("lr", 1e-4, 1e-2, log=True)
+    study.tell(finished, 0.5)
+    killed = study.ask()  # a trial the search was running when it was killed
+    lr = killed.suggest_float("lr", 1e-4, 1e-2, log=True)
+    assert resume_study(study) == 1 and resume_study(study) == 0  # queued once, however often it restarts
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                      optuna.trial.TrialState.WAITING]
+    again = study.ask()
+    assert again.suggest_float("lr", 1e-4, 1e-2, log=True) == lr
