@@ -83,7 +83,9 @@ def execute(path: Path, timeout: int) -> None:
     # the kernel inherits this process's environment: no progress bars or library warnings in the outputs
     os.environ["TQDM_DISABLE"] = "1"
     os.environ["PYTHONWARNINGS"] = "ignore"
+    # the kernel's own start-up notice (it listens on localhost TCP) is not for the user: errors only
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             resources={"metadata": {"path": str(path.resolve().parent)}})
     try:
         client.execute()

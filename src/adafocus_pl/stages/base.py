@@ -220,12 +220,6 @@ class StageModule(pl.LightningModule):
             metrics[f"{split}/coverage"] = merged["coverage"].mean().item()
         if "keep" in merged:
             metrics[f"{split}/keep_fraction"] = merged["keep"].mean().item()
-        frames = getattr(self.trainer.datamodule, "num_segments", None)
-        if frames:  # what a video of this split cost: AdaFocus+ counts only the frames that ran f_L (and pi')
-            from adafocus_pl.evaluation.flops import net_gflops_per_video
-
-            metrics[f"{split}/gflops_per_video"] = net_gflops_per_video(
-                self.net, frames, use_local=self.uses_local, keep_fraction=metrics.get(f"{split}/keep_fraction", 1.0))
         for key, scores in merged.items():
             if key.startswith("scores_"):
                 metrics[f"{split}/top1_{key[len('scores_'):]}"] = top1_accuracy(scores, merged["labels"])
@@ -233,6 +227,14 @@ class StageModule(pl.LightningModule):
             self.best_top1 = max(self.best_top1, metrics["val/top1"])
             metrics["val/top1_best"] = self.best_top1
         self.log_dict(metrics, sync_dist=False, prog_bar=split == "val")
+        frames = getattr(self.trainer.datamodule, "num_segments", None)
+        if frames:  # what a video of this split cost: AdaFocus+ counts only the frames that ran f_L (and pi')
+            from adafocus_pl.evaluation.flops import net_gflops_per_video
+
+            cost = {f"{split}/gflops_per_video": net_gflops_per_video(
+                self.net, frames, use_local=self.uses_local, keep_fraction=metrics.get(f"{split}/keep_fraction", 1.0))}
+            self.log_dict(cost, sync_dist=False)
+            metrics.update(cost)
         return metrics
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -16,6 +16,8 @@ NOTICES = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),  # Lightning 2.6 on torch 2.14
     # the stages keep their frozen parts (BN statistics, dropout) in eval mode on purpose
     (r"Found \d+ module\(s\) in eval mode at the start of training", Warning),
+    # Stage II optimises by hand: its mid-epoch checkpoint holds the state after the step, which a resume continues
+    (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", Warning),
 )
 
 
