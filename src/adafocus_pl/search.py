@@ -23,20 +23,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import optuna
-import yaml
-from hydra.core.hydra_config import HydraConfig
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
-from omegaconf import DictConfig, OmegaConf
-from optuna.trial import TrialState
+# optuna 2.10 (the sweeper's pin) uses SQLAlchemy 1.4 APIs that 2.0 removed; sqlalchemy<2 is pinned for it, so
+# SQLAlchemy's "not compatible with 2.0" notice on importing optuna's storage says nothing a user can act on
+os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
+import optuna  # noqa: E402
+import yaml  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
-from adafocus_pl.chain import Step, run_step, runs_stage0, stage_chain
-from adafocus_pl.plan import SEARCH_TAG, trial_key
-from adafocus_pl.utils.config import compose
+from adafocus_pl.chain import Step, run_step, runs_stage0, stage_chain  # noqa: E402
+from adafocus_pl.plan import SEARCH_TAG, trial_key  # noqa: E402
+from adafocus_pl.utils.config import compose  # noqa: E402
 
 log = logging.getLogger(__name__)
 
