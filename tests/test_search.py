@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 
@@ -140,6 +139,8 @@ def test_objective_names_the_metric_the_file_and_what_it_has(tmp_path):
 
 
 def test_a_killed_searchs_running_trial_runs_again_with_its_values_once():
+    import optuna  # after adafocus_pl.search, which quiets SQLAlchemy's notice on importing it
+
     study = optuna.create_study(direction="maximize")
     finished = study.ask()
     finished.suggest_float("lr", 1e-4, 1e-2, log=True)
