@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,9 @@ def resume_study(study: optuna.Study) -> int:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)  # optuna<3 (the plugin's pin)
         if trial.params and trial.params not in waiting:
-            study.enqueue_trial(trial.params)
+            with warnings.catch_warnings():  # "enqueue_trial is experimental" in optuna 2.10: nothing to act on
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.enqueue_trial(trial.params)
             waiting.append(trial.params)
             queued += 1
     return queued
