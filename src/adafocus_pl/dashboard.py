@@ -14,16 +14,14 @@ import json
 from pathlib import Path
 
 
-def publish(dashboard, root: Path, entity: str | None, record: Path) -> dict[str, str]:
+def publish(dashboard, entity: str | None, record: Path) -> dict[str, str]:
     """Save the workspace and the report to W&B, updating the ones a previous call saved (``record``)."""
     import wandb
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
-    from adafocus_pl.evaluation.dashboard import build_dashboard
-
-    entity = entity or wandb.Api().default_entity
-    fresh = build_dashboard(root, dashboard.project, entity)  # bound to the entity: run sets resolve their project
+    # bound to the entity: the run sets resolve their project (the runs are not read again)
+    fresh = dashboard.bound_to(entity or wandb.Api().default_entity)
     workspace, report = fresh.workspace, fresh.report
     saved = json.loads(record.read_text()) if record.is_file() else {}
     if saved.get("workspace"):  # update the saved view in place instead of adding another
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> Path:
               f"`wandb login`, upload the offline runs (`wandb sync $(find {args.dir} -type d -name 'offline-run-*')`), "
               f"then run `python -m adafocus_pl.dashboard {args.dir}` again.")
         return out
-    urls = publish(dashboard, args.dir, args.entity, out.parent / "published.json")
+    urls = publish(dashboard, args.entity, out.parent / "published.json")
     print(f"[dashboard] saved: workspace {urls['workspace']}\n            report {urls['report']}")
     return out
 

@@ -206,11 +206,18 @@ def shared_stages() -> set[str]:
     return {step.stage for step in PLAN if step.variant == SHARED and step.kind == TRAIN}
 
 
+ALL_JOBS = (*STAGE_PANELS, EVAL_JOB)  # every job type of the method's runs
+
+
+def workspace_set() -> RunSet:
+    """The workspace's one run set: every AdaFocus and AdaFocus+ run, no baseline."""
+    return variant_set(None, ALL_JOBS, "AdaFocus and AdaFocus+")
+
+
 def comparison_sets() -> list[RunSet]:
     """The run sets of the comparison: each variant's runs, every stage and evaluation; together they are every
     AdaFocus and AdaFocus+ run, and no baseline."""
-    stages = list(STAGE_PANELS) + [EVAL_JOB]
-    return [variant_set(v, stages, label) for v, label in VARIANTS.items()]
+    return [variant_set(v, ALL_JOBS, label) for v, label in VARIANTS.items()]
 
 
 # ------------------------------------------------------------------------------------------------ the sections
@@ -315,12 +322,11 @@ def build_workspace(sections: list[Section], entity: str, project: str):
     import wandb_workspaces.workspaces as ws
     from wandb_workspaces import expr
 
-    everything = variant_set(None, [*STAGE_PANELS, EVAL_JOB], "AdaFocus and AdaFocus+")
     return ws.Workspace(
         entity=entity, project=project, name=WORKSPACE_NAME,
         sections=[ws.Section(name=s.title, panels=[_panel(p) for p in s.panels], is_open=True)
                   for s in sections if s.in_workspace],
-        runset_settings=ws.RunsetSettings(filters=everything.expressions(),
+        runset_settings=ws.RunsetSettings(filters=workspace_set().expressions(),
                                           groupby=[expr.Config("plus.tag"), expr.Metric("JobType")]),
         settings=ws.WorkspaceSettings(x_axis="Step", max_runs=50))
 
@@ -335,19 +341,24 @@ class Dashboard:
     entity: str
     runs: list[LoggedRun]
     sections: list[Section]
+    description: str
     workspace: Any
     report: Any
+
+    def bound_to(self, entity: str) -> Dashboard:
+        """The same dashboard with its workspace and report built for ``entity`` (what saving needs)."""
+        return replace(self, entity=entity, workspace=build_workspace(self.sections, entity, self.project),
+                       report=build_report(self.sections, entity, self.project, self.description))
 
     def spec(self) -> dict[str, Any]:
         """What would be saved (the workspace's and the report's W&B view specs), and, per run set, the runs its
         filters select among the logged ones."""
         runsets = {rs.name: rs for s in self.sections for rs in s.runsets}
-        everything = variant_set(None, [*STAGE_PANELS, EVAL_JOB], "AdaFocus and AdaFocus+")
         return {
             "project": self.project, "entity": self.entity or None, "title": TITLE,
             "run_sets": [{"name": rs.name, "filters": [list(leaf) for leaf in rs.filters],
                           "selects": sorted(f"{r.job_type}:{r.group}:{r.run_id}" for r in selected(rs, self.runs))}
-                         for rs in [everything, *comparison_sets(), *runsets.values()]],
+                         for rs in [workspace_set(), *comparison_sets(), *runsets.values()]],
             "sections": [{"title": s.title, "run_sets": [rs.name for rs in s.runsets],
                           "panels": [{"kind": p.kind, "title": p.title, "x": p.x, "y": list(p.y)} for p in s.panels]}
                          for s in self.sections],
@@ -377,5 +388,5 @@ def build_dashboard(root: str | Path, project: str | None = None, entity: str = 
     description = (f"{TITLE} on W&B project {project}: per-stage curves, test top-1 against GFLOPs, AdaFocus+ per "
                    f"eta, online curves and the evaluation's figures. Run sets filter on job type and tags; "
                    f"baselines are a set of their own. Made by `python -m adafocus_pl.dashboard`.")
-    return Dashboard(project, entity, runs, sections, build_workspace(sections, entity, project),
+    return Dashboard(project, entity, runs, sections, description, build_workspace(sections, entity, project),
                      build_report(sections, entity, project, description))
