@@ -1,44 +1,17 @@
-"""`make search`'s machinery (adafocus_pl.search) on tiny data: a 2-trial Optuna search over Stage II's settings
-shares one Stage I, gives each trial its own Stage II/III runs and W&B group, reports its best trial, runs nothing
-on a re-run, resumes a killed search's trial, and stops with a clear error when its metric is missing."""
+"""`make search`'s pieces (adafocus_pl.search): the config group, a trial's own run directories and W&B group, the
+stages a trial shares, the missing-metric error, and a killed search's trial running again. The search end to end
+(a 2-trial search over the sweep's runs, its re-run and its missing metric) is in tests/test_sweep.py, where it
+finds the sweep's Stage I done."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from adafocus_pl.evaluation.report import collect_runs
 from adafocus_pl.plan import run_directory, trial_key
 from adafocus_pl.search import MissingMetricError, objective, resume_study, trial_steps
 from adafocus_pl.utils.config import compose
-from tests.conftest import tiny_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
-# two trials, each ending with its Stage II (the default chain's Stage III: test_a_trial_shares_stages_zero_and_one...)
-SEARCH = ["hparams_search=stage2_optuna", "hydra.sweeper.n_trials=2", "search.until=stage2"]
-
-
-def search(overrides: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "adafocus_pl.sweep", "-m", *overrides]
-    # src/ too: Hydra finds the project's sweeper in its hydra_plugins package
-    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
-    if check:
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done
-
-
-@pytest.fixture(scope="module")
-def tiny_search(tiny_synthetic, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("search_logs")
-    overrides = tiny_overrides(tiny_synthetic, logs) + SEARCH
-    return logs / "synthetic", overrides, search(overrides).stdout
 
 
 def test_the_config_group_searches_stage_two_keys_of_the_schedule(tmp_path):
@@ -85,50 +58,6 @@ def test_a_trial_shares_stages_zero_and_one_and_runs_its_own_stage_two_and_three
     # Stage I is make train's own run (the same config, so the chain finds it done)
     assert compose("train", stage1.overrides) == compose("train", [f"paths.log_dir={tmp_path}", "seed=1",
                                                                      "stage=stage1", "plus=off"])
-
-
-def test_a_two_trial_search_shares_stage_one_and_reports_its_best_trial(tiny_search):
-    experiment, _, out = tiny_search
-    assert out.count("$ ") == 3, out  # Stage I once, then Stage II per trial
-    assert (experiment / "stage1" / "p32" / "seed0" / "metrics.json").is_file()
-    trials = sorted((experiment / "trials").iterdir())
-    assert len(trials) == 2
-    for trial in trials:
-        for stage in ("stage2",):
-            run = trial / stage / "p32" / "seed0"
-            assert (run / "metrics.json").is_file()
-            saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-            assert "hparams_search" in saved["tags"] and saved["trial"]["key"] == trial.name
-        assert not (trial / "stage1").exists() and not (trial / "stage3").exists()
-    search_dir = experiment / "search" / "stage2_optuna"
-    records = [json.loads(p.read_text()) for p in search_dir.glob("trials/*/trial.json")]
-    assert len(records) == 2 and records[0]["params"] != records[1]["params"]
-    best = yaml.safe_load((search_dir / "best.yaml").read_text())
-    assert best["value"] == max(r["value"] for r in records) and best["trials_complete"] == 2
-    winner = next(r for r in records if r["key"] == best["trial_key"])
-    assert best["params"] == winner["params"] and best["runs"]["stage2"] == winner["runs"]["stage2"]
-    assert json.loads((Path(best["runs"]["stage2"]) / "metrics.json").read_text())["val/top1"] == best["value"]
-    assert f"best of 2 trials: val/top1 = {best['value']:.4f}" in out
-    # the trials are not sweep points: the report of the experiment lists the shared Stage I only
-    assert [run["stage"] for run in collect_runs(experiment)] == ["stage1"]
-
-
-def test_rerunning_a_finished_search_trains_nothing_and_reports_the_same_best(tiny_search):
-    experiment, overrides, _ = tiny_search
-    best = (experiment / "search" / "stage2_optuna" / "best.yaml").read_text()
-    out = search(overrides).stdout
-    assert "$ " not in out and "2 of 2 trials done, 0 to run" in out
-    assert (experiment / "search" / "stage2_optuna" / "best.yaml").read_text() == best
-
-
-def test_a_missing_metric_stops_the_search_with_a_clear_error(tiny_search):
-    _, overrides, _ = tiny_search
-    # a new study whose first proposal is the first study's (same sampler seed): its runs are found done
-    done = search([*overrides, "search.study=missing", "search.metric=val/top5", "hydra.sweeper.n_trials=1"],
-                  check=False)
-    output = done.stdout + done.stderr
-    assert done.returncode != 0
-    assert "has no val/top5 in" in output and "val/top1" in output and "monitor=" in output
 
 
 def test_objective_names_the_metric_the_file_and_what_it_has(tmp_path):
