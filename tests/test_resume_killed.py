@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from adafocus_pl.chain import run_chain
+from adafocus_pl.stages.runner import run_stage
+from adafocus_pl.utils.config import compose
 from adafocus_pl.utils.wandb_offline import read_offline_run
 from tests.conftest import tiny_overrides
 
@@ -22,7 +24,9 @@ def test_a_stage_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_run
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     monkeypatch.chdir(ROOT)
     common = ["logger=default", "trainer.max_epochs=2"]
-    reference = run_chain(tiny_overrides(tiny_synthetic, tmp_path / "reference") + common, plus=False)
+    # the uninterrupted chain runs in this process (no interpreter start-up per stage); the killed one in processes
+    reference = run_chain(tiny_overrides(tiny_synthetic, tmp_path / "reference") + common, plus=False,
+                          runner=lambda overrides: run_stage(compose("train", overrides)))
     marker = tmp_path / "killed.txt"
     killer = ["+callbacks.kill._target_=tests.kill_callback.KillOnce", f"+callbacks.kill.marker={marker}"]
     command = tiny_overrides(tiny_synthetic, tmp_path / "killed") + common + killer
