@@ -76,9 +76,10 @@ bench: $(STAMP)  ## wall-clock speed: AdaFocus vs the full-frame baselines, then
 	$(BIN)/python -m adafocus_pl.bench $(BENCH)
 	$(BIN)/python -m adafocus_pl.data.benchmark --synthetic data/synthetic --json logs/bench/data_loading.json
 
-# two pytest workers, one test file each at a time (module fixtures are built once): most tests wait on process
-# start-up and imports, so this takes the suite from ~11 to ~8 minutes on the 2-core CI machine
-PYTEST_WORKERS ?= -n 2 --dist loadfile
+# two pytest workers, one test file each at a time (module fixtures are built once), handed out in the order of
+# tests/conftest.py (the long files first) rather than by their number of tests: most tests wait on process start-up
+# and imports, so two workers keep the 2-core CI machine busy (docs/performance.md has the figures)
+PYTEST_WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)  ## run the test suite (slow tests excluded)
 	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_WORKERS)

@@ -9,6 +9,20 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# one compute thread per test process and per process it starts (set before torch is first imported): the tests'
+# networks are tiny, and `make test` runs two workers on two cores, where more threads only contend for them
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# `make test` hands whole files to two workers in collection order (--dist loadfile --no-loadscope-reorder). The
+# files that train chains of stages go first, longest first, so that the two workers finish together instead of one
+# waiting while the other runs a long file it picked up last. A new long file belongs in this list.
+LONG_FILES_FIRST = ("test_sweep.py", "test_ddp.py", "test_pipeline.py", "test_resume_killed.py", "test_models_tsm.py",
+                    "test_report.py", "test_entrypoints.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: every other file keeps its place
 
 
 @pytest.fixture(scope="session")
