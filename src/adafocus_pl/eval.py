@@ -40,7 +40,7 @@ def log_to_wandb(cfg: DictConfig, result: dict[str, Any], paths: dict[str, Path]
     settings = cfg.logger.wandb
     rows = result["rows"]
     try:
-        run = wandb.init(project=settings.project, group=settings.group, job_type="eval",
+        run = wandb.init(project=settings.project, group=settings.group, job_type=keys.JOB_TYPE,
                          name=f"eval-{Path(cfg.ckpt_path).stem}-{settings.name}", dir=str(out_dir),
                          mode="offline" if settings.offline else "online", tags=list(settings.tags),
                          config={"ckpt_path": str(cfg.ckpt_path), **OmegaConf.to_container(cfg.eval, resolve=True),

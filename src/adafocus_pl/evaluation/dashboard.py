@@ -29,7 +29,7 @@ from adafocus_pl.plan import ADAFOCUS, ADAFOCUS_PLUS, BASELINE, METHOD, PLAN, SE
 TITLE = "AdaFocus vs AdaFocus+"
 WORKSPACE_NAME = "AdaFocus vs AdaFocus plus"  # W&B refuses symbols (such as +) in workspace names
 VARIANTS = {ADAFOCUS: "AdaFocus", ADAFOCUS_PLUS: "AdaFocus+"}
-EVAL_JOB = "eval"
+EVAL_JOB = eval_keys.JOB_TYPE
 # runs that are not part of the comparison whatever their variant (a hyper-parameter search's trials)
 EXCLUDED_TAGS: tuple[str, ...] = (SEARCH_TAG,)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+JOB_TYPE = "eval"                           # the evaluation run's W&B job type
 RESULTS_TABLE = "eval/table/results"
 ONLINE_TABLE = "eval/table/online"
 ONLINE_FRAMES = "eval/online/frames"        # x of the online curves
