@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("stage1", "stage2", "stage3", "stage2_plus", "stage3_plus")
 # two trials, each ending with its Stage II (the search's pieces, e.g. which stages a trial shares: test_search.py)
 SEARCH = ["hparams_search=stage2_optuna", "hydra.sweeper.n_trials=2", "search.until=stage2"]
+# the one sweep point of this module's experiment (with W&B): the sweep, the search and the extra runs share its
+# Stage I only while they give the same settings
+POINT = ["logger=default", "model.patch_size=24"]
 
 
 def sweep(overrides: list[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -42,8 +45,7 @@ def tiny_sweep(tiny_synthetic, tmp_path_factory):
     logs = tmp_path_factory.mktemp("sweep_logs")
     # one patch size keeps this within the test budget: a sweep point's directories and report rows per patch size
     # are the plan's and the report's (tests/test_plan.py, tests/test_report.py); baselines: tests/test_chain.py
-    overrides = tiny_overrides(tiny_synthetic, logs) + ["logger=default", "model.patch_size=24", "plus=off,on",
-                                                        "baselines=false"]
+    overrides = tiny_overrides(tiny_synthetic, logs) + POINT + ["plus=off,on", "baselines=false"]
     return logs / "synthetic", overrides, sweep(overrides).stdout
 
 
@@ -51,7 +53,7 @@ def tiny_sweep(tiny_synthetic, tmp_path_factory):
 def tiny_search(tiny_sweep, tiny_synthetic):
     """The search over the sweep's experiment (its AdaFocus point: the same Stage I, found done)."""
     experiment, _, _ = tiny_sweep
-    overrides = tiny_overrides(tiny_synthetic, experiment.parent) + ["logger=default", "model.patch_size=24", *SEARCH]
+    overrides = tiny_overrides(tiny_synthetic, experiment.parent) + POINT + SEARCH
     return experiment, overrides, sweep(overrides).stdout
 
 
@@ -67,7 +69,7 @@ def logged_experiment(tiny_sweep, tiny_synthetic):
     from adafocus_pl.utils.config import compose
 
     experiment, _, _ = tiny_sweep
-    point = tiny_overrides(tiny_synthetic, experiment.parent) + ["logger=default", "model.patch_size=24"]
+    point = tiny_overrides(tiny_synthetic, experiment.parent) + POINT
     steps = {s.name: s for s in plan_steps(point, (ADAFOCUS, ADAFOCUS_PLUS), baselines=True)}
     run_step(steps["baseline_random"], runner=lambda overrides: run_stage(compose("train", overrides)))
     for final in ("stage3", "stage3_plus"):
